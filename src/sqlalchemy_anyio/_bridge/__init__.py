@@ -1,0 +1,10 @@
+"""The bridge between an event loop and the worker threads that run SQL.
+
+``Worker.call`` is the whole interface the rest of the package uses; how the
+hand-off is done (C accelerator or pure Python, asyncio or trio) stays here.
+"""
+
+from ._impl import ACCELERATED
+from ._worker import CANCEL_GRACE, Worker, WorkerPool, current_worker
+
+__all__ = ["ACCELERATED", "CANCEL_GRACE", "Worker", "WorkerPool", "current_worker"]

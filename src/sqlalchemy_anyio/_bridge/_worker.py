@@ -1,0 +1,256 @@
+"""Worker threads and the per-engine pool that leases them.
+
+A :class:`Worker` is one OS thread that runs the callables handed to it, in
+order.  Whoever leases it (an AsyncConnection, an AsyncSession) runs every
+sync call there, so a DBAPI connection only ever sees one thread at a time.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import itertools
+import threading
+import weakref
+from typing import Any, Callable, Deque, Optional, TypeVar
+
+import anyio
+
+from . import _impl
+
+_T = TypeVar("_T")
+
+_local = threading.local()
+_names = itertools.count(1)
+
+#: How long a cancelled call waits (shielded) for its worker to come back
+#: after the driver was asked to interrupt, before the worker is written off.
+CANCEL_GRACE = 10.0
+
+
+def current_worker() -> Optional[Worker]:
+    """The worker whose thread is running this code, if any."""
+    return getattr(_local, "worker", None)
+
+
+class Worker:
+    """One thread, one queue of jobs; see the module docstring."""
+
+    def __init__(self, pool: Optional[WorkerPool] = None, generation: int = 0) -> None:
+        self.pool = pool
+        self.generation = generation
+        #: Set by the lessee: called on the loop thread when a running call is
+        #: cancelled, to make the driver stop the statement in flight.
+        self.interrupter: Optional[Callable[[], None]] = None
+        #: True once a call outlived its cancellation grace: never reuse.
+        self.broken = False
+        self._channel = _impl.Channel()
+        self._exited = _impl.Job()
+        self._thread = threading.Thread(
+            target=self._run, name=f"sqlalchemy-anyio-worker-{next(_names)}", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def ident(self) -> Optional[int]:
+        return self._thread.ident
+
+    def is_current(self) -> bool:
+        return threading.get_ident() == self._thread.ident
+
+    def _run(self) -> None:
+        _local.worker = self
+        get = self._channel.get
+        try:
+            while True:
+                job = get()
+                if job is None:
+                    break
+                job.run()
+                del job
+        finally:
+            self._exited.set()
+
+    def stop(self) -> None:
+        """Ask the thread to finish after the jobs already queued."""
+        self._channel.put(None)
+
+    def join(self, timeout: Optional[float] = None) -> None:
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    async def wait_stopped(self) -> None:
+        await _impl.wait(self._exited)
+        self._thread.join()
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        job = _impl.Job(fn, args, kwargs)
+        self._channel.put(job)
+        return job
+
+    async def call(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """Run ``fn(*args, **kwargs)`` on this worker and return its result.
+
+        Cancellation does not abandon the work: the interrupter is asked to stop
+        it, the worker is awaited (shielded, bounded), then the cancellation
+        propagates.  A worker that does not come back is marked broken.
+        """
+        if self.is_current():  # re-entrant use from inside a run_sync callable
+            return fn(*args, **kwargs)
+        job = _impl.Job(fn, args, kwargs)
+        self._channel.put(job)
+        if job.spin_wait(_impl.LOOP_SPIN):
+            await _impl.checkpoint()
+            return job.outcome()  # type: ignore[no-any-return]
+        try:
+            await _impl.wait(job)
+        except BaseException:
+            if not job.done:
+                await self._settle_cancelled(job)
+            raise
+        return job.outcome()  # type: ignore[no-any-return]
+
+    async def call_shielded(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """Like :meth:`call`, but run to completion even if cancelled (close, rollback)."""
+        with anyio.CancelScope(shield=True):
+            return await self.call(fn, *args, **kwargs)
+
+    async def call_or_cleanup(
+        self, cleanup: Callable[[_T], object], fn: Callable[..., _T], *args: Any
+    ) -> _T:
+        """Like :meth:`call`; if the caller is cancelled but ``fn`` succeeded
+        anyway (a connection was opened), run ``cleanup(result)`` on the worker."""
+        job = _impl.Job(fn, args, None)
+        self._channel.put(job)
+        try:
+            await _impl.wait(job)
+        except BaseException:
+            if not job.done:
+                await self._settle_cancelled(job)
+            if job.done:
+                try:
+                    value = job.outcome()
+                except BaseException:  # noqa: BLE001 - the cancellation wins
+                    pass
+                else:
+                    with anyio.CancelScope(shield=True):
+                        await self.call(cleanup, value)
+            raise
+        return job.outcome()  # type: ignore[no-any-return]
+
+    async def _settle_cancelled(self, job: Any) -> None:
+        interrupter = self.interrupter
+        if interrupter is not None:
+            try:
+                interrupter()
+            except Exception:  # noqa: BLE001 - best effort; we still wait below
+                pass
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(CANCEL_GRACE):
+                await _impl.wait(job)
+        if not job.done:
+            self.broken = True
+
+
+class WorkerPool:
+    """A bounded set of reusable workers, leased with an async wait."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("a worker pool needs a limit of at least 1")
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._idle: list[Worker] = []
+        self._count = 0
+        self._generation = 0
+        self._waiters: Deque[Any] = collections.deque()
+        _live_pools.add(self)
+
+    @property
+    def size(self) -> int:
+        """Workers alive (idle or leased)."""
+        with self._lock:
+            return self._count
+
+    async def lease(self, timeout: Optional[float] = None) -> Worker:
+        """Take an idle worker, start one, or wait for one to be released.
+
+        Raises ``TimeoutError`` when ``timeout`` seconds pass first.
+        """
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+            if self._count < self.limit:
+                self._count += 1
+                generation = self._generation
+                waiter = None
+            else:
+                waiter = _impl.Job()
+                self._waiters.append(waiter)
+        if waiter is None:
+            try:
+                return Worker(self, generation)
+            except BaseException:
+                with self._lock:
+                    self._count -= 1
+                raise
+        try:
+            with anyio.fail_after(timeout):
+                await _impl.wait(waiter)
+        except BaseException:
+            with self._lock:
+                if not waiter.done:
+                    self._waiters.remove(waiter)
+                    raise
+            self.release(waiter.outcome())  # handed over as we gave up: pass it on
+            raise
+        return waiter.outcome()  # type: ignore[no-any-return]
+
+    def release(self, worker: Worker) -> None:
+        """Give a worker back; any thread, any loop.  Never blocks."""
+        worker.interrupter = None
+        with self._lock:
+            if not worker.broken and worker.generation == self._generation:
+                if self._waiters:
+                    self._waiters.popleft().set(worker)
+                else:
+                    self._idle.append(worker)
+                return
+            # Broken, or from before a dispose(): retire it, and let the
+            # longest waiter have a fresh worker in its place.
+            self._count -= 1
+            if self._waiters:
+                self._count += 1
+                self._waiters.popleft().set(Worker(self, self._generation))
+        worker.stop()
+
+    def _take_idle(self) -> list[Worker]:
+        with self._lock:
+            idle, self._idle = self._idle, []
+            self._count -= len(idle)
+            self._generation += 1
+        for worker in idle:
+            worker.stop()
+        return idle
+
+    async def dispose(self) -> None:
+        """Stop idle workers and wait for their threads to end.
+
+        Workers leased right now end when they are released.
+        """
+        for worker in self._take_idle():
+            await worker.wait_stopped()
+
+    def dispose_sync(self, timeout: Optional[float] = None) -> None:
+        for worker in self._take_idle():
+            worker.join(timeout)
+
+
+_live_pools: "weakref.WeakSet[WorkerPool]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all_workers() -> None:
+    """Let no idle worker outlive the interpreter (threads are daemonic too)."""
+    for pool in list(_live_pools):
+        pool.dispose_sync(timeout=1.0)

@@ -1,0 +1,57 @@
+"""Fetch a result's rows on the worker, so reading it on the loop does no I/O."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from sqlalchemy.engine import Result
+from sqlalchemy.engine.cursor import CursorFetchStrategy, FullyBufferedCursorFetchStrategy
+
+from . import exc as async_exc
+
+
+def buffer_result(result: Result[Any], calling_method: Callable[..., Any]) -> Result[Any]:
+    """Fully buffer a result produced by ``calling_method`` and release its cursor.
+
+    A server-side cursor (``stream_results``) cannot be buffered silently: it
+    is closed and :class:`~.exc.AsyncMethodRequired` names ``stream()``.
+    """
+    try:
+        is_cursor = result._is_cursor
+    except AttributeError:  # legacy execute(DefaultGenerator) returns a scalar
+        return result
+    cursor_result: Any = result if is_cursor else getattr(result, "raw", None)
+    if cursor_result is not None and cursor_result.context._is_server_side:
+        cursor_result.close()
+        owner = type(getattr(calling_method, "__self__", None)).__name__
+        name = getattr(calling_method, "__name__", "execute")
+        async_owner = "AsyncSession" if owner == "Session" else "AsyncConnection"
+        raise async_exc.AsyncMethodRequired(
+            f"Can't use the {async_owner}.{name}() method with a server-side cursor. "
+            f"Use the {async_owner}.stream() method for an async streaming result set."
+        )
+    if is_cursor:
+        buffer_cursor_result(result)
+    return result
+
+
+def buffer_cursor_result(result: Any) -> None:
+    """Move the rows of a CursorResult into memory and close its DBAPI cursor."""
+    cursor = result.cursor
+    if cursor is None:  # no rows (DML) or already exhausted: nothing to fetch
+        return
+    strategy = result.cursor_strategy
+    if not isinstance(strategy, FullyBufferedCursorFetchStrategy):
+        if type(strategy) is CursorFetchStrategy:
+            rows = cursor.fetchall()
+        else:  # a row-buffering strategy: drain through it
+            rows = list(strategy.fetchall(result, cursor))
+        result.cursor_strategy = FullyBufferedCursorFetchStrategy(
+            None,
+            alternate_description=strategy.alternate_cursor_description,
+            initial_buffer=rows,
+        )
+    # Release the cursor now, here on the worker; the result stays readable.
+    result.cursor = None
+    result._soft_closed = True
+    result.connection._safe_close_cursor(cursor)

@@ -1,0 +1,720 @@
+"""AsyncEngine, AsyncConnection and AsyncTransaction on worker threads.
+
+Every sync call of a connection runs on the one worker thread the connection
+leased when it started, so the DBAPI connection only ever meets that thread.
+Results of ``execute()`` are fully fetched there before they are returned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import anyio
+import weakref
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    AsyncIterator,
+    Callable,
+    Dict,
+    Generator,
+    Mapping,
+    NoReturn,
+    Optional,
+    TypeVar,
+    Union,
+)
+
+from sqlalchemy import exc, pool as sa_pool
+from sqlalchemy import util as sa_util
+from sqlalchemy.engine import Connection, Engine, Result, Transaction
+from sqlalchemy.engine import create_engine as _create_engine
+from sqlalchemy.engine import create_pool_from_url as _create_pool_from_url
+from sqlalchemy.engine.url import URL
+
+from . import _cancel, _guard
+from . import exc as async_exc
+from ._base import (
+    ProxyComparable,
+    StartableContext,
+    asyncstartablecontext,
+)
+from ._bridge import Worker, WorkerPool
+from ._buffer import buffer_result
+from ._urls import to_sync_url
+from .result import AsyncResult, AsyncScalarResult
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine.interfaces import (
+        CoreExecuteOptionsParameter,
+        Dialect,
+        IsolationLevel,
+        _CoreAnyExecuteParams,
+        _ExecuteOptions,
+    )
+    from sqlalchemy.pool import PoolProxiedConnection
+    from sqlalchemy.sql.base import Executable
+
+_T = TypeVar("_T")
+
+#: Worker limit when the engine's pool does not bound its connections.
+DEFAULT_WORKER_LIMIT = 40
+
+_STREAM_OPTIONS = sa_util.immutabledict({"stream_results": True})
+
+
+# --------------------------------------------------------------------------
+# engine construction
+
+
+def create_async_engine(url: Union[str, URL], **kw: Any) -> AsyncEngine:
+    """Create an :class:`AsyncEngine` over a synchronous driver.
+
+    Takes the arguments of :func:`sqlalchemy.create_engine`.  A URL naming
+    an async driver (``+aiosqlite``, ``+asyncpg``, ...) is mapped to its
+    synchronous counterpart.
+    """
+    if kw.get("server_side_cursors", False):
+        raise async_exc.AsyncMethodRequired(
+            "Can't set server_side_cursors for async engine globally; "
+            "use the connection.stream() method for an async "
+            "streaming result set"
+        )
+    if kw.pop("async_creator", None) is not None:
+        raise exc.ArgumentError(
+            "async_creator is not supported: sqlalchemy_anyio runs synchronous "
+            "drivers, so pass creator= with a function returning a synchronous "
+            "DBAPI connection instead."
+        )
+    kw.pop("_is_async", None)
+    sync_url = to_sync_url(url)
+    _sqlite_defaults(sync_url, kw)
+    return AsyncEngine(_create_engine(sync_url, **kw))
+
+
+def async_engine_from_config(
+    configuration: Dict[str, Any], prefix: str = "sqlalchemy.", **kwargs: Any
+) -> AsyncEngine:
+    """Create an :class:`AsyncEngine` from a configuration dictionary.
+
+    Same arguments as :func:`sqlalchemy.engine_from_config`.
+    """
+    options = {
+        key[len(prefix) :]: value for key, value in configuration.items() if key.startswith(prefix)
+    }
+    options["_coerce_config"] = True
+    options.update(kwargs)
+    url = options.pop("url")
+    return create_async_engine(url, **options)
+
+
+def create_async_pool_from_url(url: Union[str, URL], **kwargs: Any) -> sa_pool.Pool:
+    """Create a connection pool for the (synchronous counterpart of the) URL."""
+    kwargs.pop("_is_async", None)
+    sync_url = to_sync_url(url)
+    _sqlite_defaults(sync_url, kwargs)
+    return _create_pool_from_url(sync_url, **kwargs)
+
+
+def _sqlite_defaults(url: URL, kw: Dict[str, Any]) -> None:
+    """Connections move between worker threads; memory databases are shared.
+
+    An in-memory SQLite database is one database per DBAPI connection, so a
+    single connection serves the whole engine (StaticPool), as with the
+    official aiosqlite dialect, instead of one database per thread.
+    """
+    if url.get_backend_name() != "sqlite" or "creator" in kw:
+        return
+    connect_args = dict(kw.get("connect_args") or {})
+    connect_args.setdefault("check_same_thread", False)
+    kw["connect_args"] = connect_args
+    is_file = bool(url.database and url.database != ":memory:") and (
+        url.query.get("mode") != "memory"
+    )
+    if not is_file and "poolclass" not in kw and "pool" not in kw:
+        kw["poolclass"] = sa_pool.StaticPool
+
+
+# --------------------------------------------------------------------------
+# workers per engine
+
+_pools: "weakref.WeakKeyDictionary[Engine, WorkerPool]" = weakref.WeakKeyDictionary()
+_pools_lock = threading.Lock()
+
+
+def _root_engine(engine: Engine) -> Engine:
+    while True:
+        proxied = getattr(engine, "_proxied", None)
+        if not isinstance(proxied, Engine):
+            return engine
+        engine = proxied
+
+
+def _pool_capacity(pool: sa_pool.Pool) -> Optional[int]:
+    if isinstance(pool, sa_pool.QueuePool):
+        overflow = pool._max_overflow
+        if overflow < 0:
+            return None
+        return pool.size() + overflow
+    return None
+
+
+def workers_for(engine: Engine) -> WorkerPool:
+    """The worker pool of an engine (shared by its execution_options copies)."""
+    root = _root_engine(engine)
+    with _pools_lock:
+        workers = _pools.get(root)
+        if workers is None:
+            capacity = _pool_capacity(root.pool)
+            limit = capacity if capacity else DEFAULT_WORKER_LIMIT
+            workers = _pools[root] = WorkerPool(limit)
+    return workers
+
+
+async def lease_worker(engine: Engine) -> Worker:
+    """Lease a worker for ``engine``; the wait is bounded by ``pool_timeout``.
+
+    Workers are bounded by the pool's capacity, so a lease that waits too
+    long fails the way an exhausted pool does: with ``sqlalchemy.exc.TimeoutError``.
+    """
+    pool = engine.pool
+    timeout = pool.timeout() if isinstance(pool, sa_pool.QueuePool) else None
+    workers = workers_for(engine)
+    try:
+        return await workers.lease(timeout)
+    except TimeoutError:
+        raise exc.TimeoutError(
+            f"{pool.__class__.__name__} limit of size {pool.size()} overflow "
+            f"{pool.overflow()} reached, connection timed out, timeout {timeout:.2f}"
+            if isinstance(pool, sa_pool.QueuePool)
+            else "timed out waiting for a worker thread",
+            code="3o7r",
+        ) from None
+
+
+# --------------------------------------------------------------------------
+# AsyncConnectable, AsyncEngine
+
+
+class AsyncConnectable:
+    """Common base of AsyncEngine and AsyncConnection."""
+
+    __slots__ = ("__weakref__", "_slots_dispatch")
+
+    @classmethod
+    def _no_async_engine_events(cls) -> NoReturn:
+        raise NotImplementedError(
+            "asynchronous events are not implemented at this time.  Apply "
+            "synchronous listeners to the AsyncEngine.sync_engine or "
+            "AsyncConnection.sync_connection attributes."
+        )
+
+
+class AsyncEngine(ProxyComparable[Engine], AsyncConnectable):
+    """An async proxy for an :class:`~sqlalchemy.engine.Engine`."""
+
+    __slots__ = ("sync_engine",)
+
+    _connection_cls: type[AsyncConnection]
+
+    def __init__(self, sync_engine: Engine) -> None:
+        self.sync_engine = self._assign_proxied(sync_engine)
+        _guard.install_engine(sync_engine)
+
+    @property
+    def _proxied(self) -> Engine:
+        return self.sync_engine
+
+    @classmethod
+    def _regenerate_proxy_for_target(cls, target: Engine, **kw: Any) -> AsyncEngine:
+        return AsyncEngine(target)
+
+    @contextlib.asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        """``async with engine.begin() as conn:`` — connect, begin, commit."""
+        conn = self.connect()
+        async with conn:
+            async with conn.begin():
+                yield conn
+
+    def connect(self) -> AsyncConnection:
+        """Return an :class:`AsyncConnection`; await it or use ``async with``."""
+        return self._connection_cls(self)
+
+    async def raw_connection(self) -> PoolProxiedConnection:
+        """A pooled DBAPI connection, checked out on a worker thread.
+
+        It is a synchronous object: use it from a ``run_sync``-style worker
+        or close it promptly.
+        """
+        worker = await lease_worker(self.sync_engine)
+        try:
+            return await worker.call(self.sync_engine.raw_connection)
+        finally:
+            workers_for(self.sync_engine).release(worker)
+
+    def execution_options(self, **opt: Any) -> AsyncEngine:
+        """A copy of this engine with the given execution options."""
+        return AsyncEngine(self.sync_engine.execution_options(**opt))
+
+    async def dispose(self, close: bool = True) -> None:
+        """Dispose of the connection pool and end the idle worker threads."""
+        # A short-lived worker of its own: leased workers may all be busy.
+        worker = Worker()
+        try:
+            await worker.call_shielded(self.sync_engine.dispose, close=close)
+        finally:
+            worker.stop()
+            await worker.wait_stopped()
+        await workers_for(self.sync_engine).dispose()
+
+    def clear_compiled_cache(self) -> None:
+        """Clear the compiled cache associated with the dialect."""
+        self.sync_engine.clear_compiled_cache()
+
+    def update_execution_options(self, **opt: Any) -> None:
+        """Update the default execution_options dictionary of this engine."""
+        self.sync_engine.update_execution_options(**opt)
+
+    def get_execution_options(self) -> _ExecuteOptions:
+        """The non-SQL options which take effect during execution."""
+        return self.sync_engine.get_execution_options()
+
+    @property
+    def url(self) -> URL:
+        return self.sync_engine.url
+
+    @url.setter
+    def url(self, attr: URL) -> None:
+        self.sync_engine.url = attr
+
+    @property
+    def pool(self) -> sa_pool.Pool:
+        return self.sync_engine.pool
+
+    @pool.setter
+    def pool(self, attr: sa_pool.Pool) -> None:
+        self.sync_engine.pool = attr
+
+    @property
+    def dialect(self) -> Dialect:
+        return self.sync_engine.dialect
+
+    @dialect.setter
+    def dialect(self, attr: Dialect) -> None:
+        self.sync_engine.dialect = attr
+
+    @property
+    def engine(self) -> Engine:
+        """The sync :class:`~sqlalchemy.engine.Engine`, as ``Engine.engine`` does."""
+        return self.sync_engine.engine
+
+    @property
+    def name(self) -> str:
+        return self.sync_engine.name
+
+    @property
+    def driver(self) -> str:
+        return self.sync_engine.driver
+
+    @property
+    def echo(self) -> Any:
+        return self.sync_engine.echo
+
+    @echo.setter
+    def echo(self, attr: Any) -> None:
+        self.sync_engine.echo = attr
+
+    def __repr__(self) -> str:
+        return f"AsyncEngine({self.sync_engine.url!r})"
+
+    @property
+    def dispatch(self) -> NoReturn:
+        AsyncConnectable._no_async_engine_events()
+
+
+# --------------------------------------------------------------------------
+# AsyncConnection
+
+
+class AsyncConnection(
+    ProxyComparable[Connection], StartableContext["AsyncConnection"], AsyncConnectable
+):
+    """An async proxy for a :class:`~sqlalchemy.engine.Connection`."""
+
+    __slots__ = ("engine", "sync_engine", "sync_connection", "_worker", "_owns_worker")
+
+    def __init__(
+        self,
+        async_engine: AsyncEngine,
+        sync_connection: Optional[Connection] = None,
+        *,
+        worker: Optional[Worker] = None,
+    ) -> None:
+        self.engine = async_engine
+        self.sync_engine = async_engine.sync_engine
+        self.sync_connection = self._assign_proxied(sync_connection)
+        #: The worker all calls run on; leased at start() unless given.
+        self._worker: Optional[Worker] = worker
+        self._owns_worker = False
+
+    @classmethod
+    def _regenerate_proxy_for_target(cls, target: Connection, **kw: Any) -> AsyncConnection:
+        return AsyncConnection(
+            AsyncEngine._retrieve_proxy_for_target(target.engine),
+            target,
+            worker=_guard.owner_of(target),
+        )
+
+    async def start(self, is_ctxmanager: bool = False) -> AsyncConnection:
+        """Check out a connection on a leased worker thread."""
+        if self.sync_connection is not None:
+            raise async_exc.AsyncContextAlreadyStarted("connection is already started")
+        worker = await lease_worker(self.sync_engine)
+        worker.interrupter = None
+        try:
+            sync_connection = await worker.call_or_cleanup(
+                _close_quietly, _guard.connect_on_worker, self.sync_engine, worker
+            )
+        except BaseException:
+            workers_for(self.sync_engine).release(worker)
+            raise
+        self._worker = worker
+        self._owns_worker = True
+        worker.interrupter = _cancel.interrupter_for(sync_connection)
+        self.sync_connection = self._assign_proxied(sync_connection)
+        return self
+
+    async def _call(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        worker = self._worker
+        if worker is None:
+            # A proxy regenerated for a connection we did not start: lease
+            # a worker now and keep it until close().
+            worker = self._worker = await lease_worker(self.sync_engine)
+            self._owns_worker = True
+            worker.interrupter = _cancel.interrupter_for(self._proxied)
+        return await worker.call(fn, *args, **kwargs)
+
+    async def _call_shielded(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run to completion even if cancelled: transaction ends, close."""
+        with anyio.CancelScope(shield=True):
+            return await self._call(fn, *args)
+
+    @property
+    def connection(self) -> NoReturn:
+        """Not available; use :meth:`get_raw_connection`."""
+        raise exc.InvalidRequestError(
+            "AsyncConnection.connection accessor is not implemented as the "
+            "attribute may need to reconnect on an invalidated connection.  "
+            "Use the get_raw_connection() method."
+        )
+
+    async def get_raw_connection(self) -> PoolProxiedConnection:
+        """The pooled DBAPI-level connection in use by this connection."""
+        return await self._call(getattr, self._proxied, "connection")
+
+    @property
+    def info(self) -> Dict[str, Any]:
+        """The ``info`` dictionary of the underlying DBAPI connection."""
+        return self._proxied.info
+
+    @property
+    def _proxied(self) -> Connection:
+        if self.sync_connection is None:
+            self._raise_for_not_started()
+        return self.sync_connection
+
+    def begin(self) -> AsyncTransaction:
+        """Begin a transaction; await it or use ``async with``."""
+        self._proxied
+        return AsyncTransaction(self)
+
+    def begin_nested(self) -> AsyncTransaction:
+        """Begin a nested transaction (SAVEPOINT); await it or ``async with``."""
+        self._proxied
+        return AsyncTransaction(self, nested=True)
+
+    async def invalidate(self, exception: Optional[BaseException] = None) -> None:
+        """Invalidate the underlying DBAPI connection."""
+        await self._call(self._proxied.invalidate, exception=exception)
+
+    async def get_isolation_level(self) -> IsolationLevel:
+        return await self._call(self._proxied.get_isolation_level)
+
+    def in_transaction(self) -> bool:
+        """True if a transaction is in progress."""
+        return self._proxied.in_transaction()
+
+    def in_nested_transaction(self) -> bool:
+        """True if a nested transaction (SAVEPOINT) is in progress."""
+        return self._proxied.in_nested_transaction()
+
+    def get_transaction(self) -> Optional[AsyncTransaction]:
+        """The current root transaction, if any."""
+        trans = self._proxied.get_transaction()
+        if trans is None:
+            return None
+        return AsyncTransaction._retrieve_proxy_for_target(trans)  # type: ignore[no-any-return]
+
+    def get_nested_transaction(self) -> Optional[AsyncTransaction]:
+        """The current nested transaction, if any."""
+        trans = self._proxied.get_nested_transaction()
+        if trans is None:
+            return None
+        return AsyncTransaction._retrieve_proxy_for_target(trans)  # type: ignore[no-any-return]
+
+    async def execution_options(self, **opt: Any) -> AsyncConnection:
+        """Set execution options on this connection (in place); returns self."""
+        conn = self._proxied
+        c2 = await self._call(conn.execution_options, **opt)
+        assert c2 is conn
+        return self
+
+    async def commit(self) -> None:
+        """Commit the transaction that is currently in progress."""
+        await self._call(self._proxied.commit)
+
+    async def rollback(self) -> None:
+        """Roll back the transaction that is currently in progress."""
+        await self._call(self._proxied.rollback)
+
+    async def close(self) -> None:
+        """Close the connection (rolling back any transaction) and free its worker."""
+        sync_connection = self.sync_connection
+        worker = self._worker
+        try:
+            if sync_connection is not None and worker is not None:
+                await worker.call_shielded(sync_connection.close)
+                worker.interrupter = None
+        finally:
+            self._release_worker()
+
+    def _release_worker(self) -> None:
+        worker, self._worker = self._worker, None
+        if worker is not None and self._owns_worker:
+            self._owns_worker = False
+            workers_for(self.sync_engine).release(worker)
+
+    async def aclose(self) -> None:
+        """A synonym for :meth:`close`, for ``contextlib.aclosing``."""
+        await self.close()
+
+    async def exec_driver_sql(
+        self,
+        statement: str,
+        parameters: Optional[_CoreAnyExecuteParams] = None,
+        execution_options: Optional[CoreExecuteOptionsParameter] = None,
+    ) -> Result[Any]:
+        """Execute a driver-level SQL string; the result is fully fetched."""
+        return await self._call(
+            _buffered_call,
+            self._proxied.exec_driver_sql,
+            statement,
+            parameters,
+            execution_options,
+        )
+
+    @asyncstartablecontext
+    async def stream(
+        self,
+        statement: Executable,
+        parameters: Optional[_CoreAnyExecuteParams] = None,
+        *,
+        execution_options: Optional[CoreExecuteOptionsParameter] = None,
+    ) -> AsyncIterator[AsyncResult[Any]]:
+        """Execute and return an :class:`AsyncResult` that fetches in batches.
+
+        Uses a server-side cursor where the dialect has one.  Await it, or use
+        ``async with`` to have the result closed at the end of the block.
+        """
+        result = await self._call(
+            self._proxied.execute,
+            statement,
+            parameters,
+            execution_options=sa_util.EMPTY_DICT.merge_with(execution_options, _STREAM_OPTIONS),
+        )
+        ar = AsyncResult(result, self._require_worker())
+        try:
+            yield ar
+        except GeneratorExit:
+            pass
+        else:
+            await ar._close_shielded()
+
+    def _require_worker(self) -> Worker:
+        assert self._worker is not None
+        return self._worker
+
+    async def execute(
+        self,
+        statement: Executable,
+        parameters: Optional[_CoreAnyExecuteParams] = None,
+        *,
+        execution_options: Optional[CoreExecuteOptionsParameter] = None,
+    ) -> Result[Any]:
+        """Execute a statement; the rows are fetched before this returns."""
+        return await self._call(
+            _buffered_call, self._proxied.execute, statement, parameters, execution_options
+        )
+
+    async def scalar(
+        self,
+        statement: Executable,
+        parameters: Optional[_CoreAnyExecuteParams] = None,
+        *,
+        execution_options: Optional[CoreExecuteOptionsParameter] = None,
+    ) -> Any:
+        """Execute and return the first column of the first row."""
+        result = await self.execute(statement, parameters, execution_options=execution_options)
+        return result.scalar()
+
+    async def scalars(
+        self,
+        statement: Executable,
+        parameters: Optional[_CoreAnyExecuteParams] = None,
+        *,
+        execution_options: Optional[CoreExecuteOptionsParameter] = None,
+    ) -> Any:
+        """Execute and return a :class:`~sqlalchemy.engine.ScalarResult`."""
+        result = await self.execute(statement, parameters, execution_options=execution_options)
+        return result.scalars()
+
+    @asyncstartablecontext
+    async def stream_scalars(
+        self,
+        statement: Executable,
+        parameters: Optional[_CoreAnyExecuteParams] = None,
+        *,
+        execution_options: Optional[CoreExecuteOptionsParameter] = None,
+    ) -> AsyncIterator[AsyncScalarResult[Any]]:
+        """Like :meth:`stream`, yielding an :class:`AsyncScalarResult`."""
+        async with self.stream(
+            statement, parameters, execution_options=execution_options
+        ) as result:
+            yield result.scalars()
+
+    async def run_sync(self, fn: Callable[..., _T], *arg: Any, **kw: Any) -> _T:
+        """Run ``fn(sync_connection, *arg, **kw)`` on this connection's worker.
+
+        Inside ``fn`` everything is ordinary synchronous SQLAlchemy.
+        """
+        return await self._call(fn, self._proxied, *arg, **kw)
+
+    def __await__(self) -> Generator[Any, None, AsyncConnection]:
+        return self.start().__await__()
+
+    async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
+        await self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._proxied.closed
+
+    @property
+    def invalidated(self) -> bool:
+        return self._proxied.invalidated
+
+    @property
+    def dialect(self) -> Dialect:
+        return self._proxied.dialect
+
+    @dialect.setter
+    def dialect(self, attr: Dialect) -> None:
+        self._proxied.dialect = attr
+
+    @property
+    def default_isolation_level(self) -> Optional[IsolationLevel]:
+        return self._proxied.default_isolation_level
+
+    @property
+    def dispatch(self) -> NoReturn:
+        AsyncConnectable._no_async_engine_events()
+
+
+AsyncEngine._connection_cls = AsyncConnection
+
+
+def _buffered_call(
+    method: Callable[..., Result[Any]],
+    statement: Any,
+    parameters: Any,
+    execution_options: Any,
+) -> Result[Any]:
+    """Run an execute method and fetch all of its rows (on the worker)."""
+    if execution_options:
+        result = method(statement, parameters, execution_options=execution_options)
+    else:
+        result = method(statement, parameters)
+    return buffer_result(result, method)
+
+
+def _close_quietly(connection: Connection) -> None:
+    connection.close()
+
+
+# --------------------------------------------------------------------------
+# AsyncTransaction
+
+
+class AsyncTransaction(
+    ProxyComparable[Transaction], StartableContext["AsyncTransaction"]
+):
+    """An async proxy for a :class:`~sqlalchemy.engine.Transaction`."""
+
+    __slots__ = ("connection", "sync_transaction", "nested")
+
+    def __init__(self, connection: AsyncConnection, nested: bool = False) -> None:
+        self.connection = connection
+        self.sync_transaction: Optional[Transaction] = None
+        self.nested = nested
+
+    @classmethod
+    def _regenerate_proxy_for_target(cls, target: Transaction, **kw: Any) -> AsyncTransaction:
+        sync_connection = target.connection
+        sync_transaction = target
+        nested = sync_connection.get_nested_transaction() is target
+        async_connection = AsyncConnection._retrieve_proxy_for_target(sync_connection)
+        obj = cls.__new__(cls)
+        obj.connection = async_connection
+        obj.sync_transaction = obj._assign_proxied(sync_transaction)
+        obj.nested = nested
+        return obj
+
+    @property
+    def _proxied(self) -> Transaction:
+        if self.sync_transaction is None:
+            self._raise_for_not_started()
+        return self.sync_transaction
+
+    @property
+    def is_valid(self) -> bool:
+        return self._proxied.is_valid
+
+    @property
+    def is_active(self) -> bool:
+        return self._proxied.is_active
+
+    async def close(self) -> None:
+        """Close: a root transaction rolls back; a nested one is left as is."""
+        await self.connection._call(self._proxied.close)
+
+    async def rollback(self) -> None:
+        """Roll back this transaction."""
+        await self.connection._call(self._proxied.rollback)
+
+    async def commit(self) -> None:
+        """Commit this transaction."""
+        await self.connection._call(self._proxied.commit)
+
+    async def start(self, is_ctxmanager: bool = False) -> AsyncTransaction:
+        """Begin the transaction outside of an ``async with`` block."""
+        conn = self.connection._proxied
+        begin = conn.begin_nested if self.nested else conn.begin
+        self.sync_transaction = self._assign_proxied(await self.connection._call(begin))
+        if is_ctxmanager:
+            self.sync_transaction.__enter__()
+        return self
+
+    async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
+        await self.connection._call_shielded(self._proxied.__exit__, type_, value, traceback)

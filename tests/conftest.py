@@ -1,0 +1,149 @@
+"""Shared fixtures: every async test runs on asyncio, asyncio+uvloop and trio.
+
+Databases: SQLite files always; PostgreSQL and MariaDB when their servers
+answer (URLs from SQLALCHEMY_ANYIO_PG_URL / SQLALCHEMY_ANYIO_MYSQL_URL).
+Under CI=true an unreachable server fails the run instead of skipping.
+``SQLALCHEMY_ANYIO_DATABASES`` (comma list of fixture ids, e.g. ``sqlite``)
+narrows the set.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from sqlalchemy_anyio import AsyncEngine, create_async_engine
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+PG_URL = os.environ.get("SQLALCHEMY_ANYIO_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+MYSQL_URL = os.environ.get("SQLALCHEMY_ANYIO_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
+
+
+def _backends() -> list[Any]:
+    params: list[Any] = [pytest.param(("asyncio", {}), id="asyncio")]
+    params.append(pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"))
+    params.append(pytest.param(("trio", {}), id="trio"))
+    return params
+
+
+@pytest.fixture(params=_backends())
+def anyio_backend(request: pytest.FixtureRequest) -> Any:
+    name, options = request.param
+    if options.get("use_uvloop") and importlib.util.find_spec("uvloop") is None:
+        _unavailable("uvloop is not installed")
+    if name == "trio" and importlib.util.find_spec("trio") is None:
+        _unavailable("trio is not installed")
+    return request.param
+
+
+def _unavailable(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: required)")
+    pytest.skip(reason)
+
+
+# -- database URLs ------------------------------------------------------------
+
+_DRIVER_MODULES = {
+    "sqlite": "sqlite3",
+    "postgresql+psycopg": "psycopg",
+    "postgresql+psycopg2": "psycopg2",
+    "mysql+pymysql": "pymysql",
+    "mysql+mysqldb": "MySQLdb",
+}
+
+_reachable: dict[str, str | None] = {}
+
+
+def _server_url(kind: str) -> str:
+    base = sa.make_url(PG_URL if kind.startswith("postgresql") else MYSQL_URL)
+    return base.set(drivername=kind).render_as_string(hide_password=False)
+
+
+def _check_server(kind: str) -> None:
+    """Skip (or fail under CI) when the driver or the server is missing."""
+    module = _DRIVER_MODULES[kind]
+    if importlib.util.find_spec(module) is None:
+        _unavailable(f"driver {module} for {kind} is not installed")
+    url = _server_url(kind)
+    if url not in _reachable:
+        try:
+            engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+            with engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+            engine.dispose()
+            _reachable[url] = None
+        except Exception as exc:  # noqa: BLE001 - reported as the skip reason
+            _reachable[url] = f"{kind} server at {url} is unreachable: {exc}"
+    problem = _reachable[url]
+    if problem:
+        _unavailable(problem)
+
+
+def _selected(kind: str) -> bool:
+    wanted = os.environ.get("SQLALCHEMY_ANYIO_DATABASES")
+    if not wanted:
+        return True
+    names = {w.strip() for w in wanted.split(",")}
+    return kind in names or kind.split("+")[0] in names
+
+
+ALL_DATABASES = [k for k in _DRIVER_MODULES if _selected(k)]
+SERVER_DATABASES = [k for k in ALL_DATABASES if k != "sqlite"]
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Any) -> str:
+    """A fresh SQLite database file."""
+    return f"sqlite:///{tmp_path / 'test.db'}"
+
+
+def url_for(kind: str, tmp_path: Any) -> str:
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'test.db'}"
+    _check_server(kind)
+    return _server_url(kind)
+
+
+@pytest.fixture(params=ALL_DATABASES)
+def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """Each database kind in turn: SQLite file, then the servers' drivers."""
+    if request.param != "sqlite":
+        request.applymarker(pytest.mark.server)
+    return url_for(request.param, tmp_path)
+
+
+@pytest.fixture(params=SERVER_DATABASES or [pytest.param("none", marks=pytest.mark.skip)])
+def server_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """Each server database/driver in turn (PostgreSQL, MariaDB)."""
+    return url_for(request.param, tmp_path)
+
+
+@pytest.fixture
+async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
+    """An AsyncEngine on each database, disposed afterwards."""
+    eng = create_async_engine(db_url)
+    try:
+        yield eng
+    finally:
+        await eng.dispose()
+
+
+@pytest.fixture
+async def sqlite_engine(sqlite_url: str) -> AsyncIterator[AsyncEngine]:
+    eng = create_async_engine(sqlite_url)
+    try:
+        yield eng
+    finally:
+        await eng.dispose()
+
+
+@pytest.fixture
+def metadata() -> Iterator[sa.MetaData]:
+    yield sa.MetaData()
