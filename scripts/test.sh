@@ -21,6 +21,6 @@ fi
 if pkg-config --exists libmariadb 2>/dev/null || pkg-config --exists mysqlclient 2>/dev/null; then
     "$PY" -m pip install -q --disable-pip-version-check "mysqlclient==2.3.1"
 fi
-"$PY" -m pip install -q --disable-pip-version-check --no-build-isolation -e .
+"$PY" -m pip install -q --disable-pip-version-check -e .
 "$PY" -c "import sqlalchemy, anyio, sys; print('python', sys.version.split()[0], '| sqlalchemy', sqlalchemy.__version__, '| anyio', anyio.__version__)"
 exec "$PY" -m pytest "$@"
