@@ -372,9 +372,8 @@ class AsyncConnection(
         if self.sync_connection is not None:
             raise async_exc.AsyncContextAlreadyStarted("connection is already started")
         worker = await lease_worker(self.sync_engine)
-        worker.interrupter = None
         try:
-            sync_connection = await worker.call_or_cleanup(
+            sync_connection = await worker.call_or_abandon(
                 _close_quietly, _guard.connect_on_worker, self.sync_engine, worker
             )
         except BaseException:
@@ -382,7 +381,7 @@ class AsyncConnection(
             raise
         self._worker = worker
         self._owns_worker = True
-        worker.interrupter = _cancel.interrupter_for(sync_connection)
+        _cancel.arm(worker, sync_connection)
         self.sync_connection = self._assign_proxied(sync_connection)
         return self
 
@@ -393,7 +392,7 @@ class AsyncConnection(
             # a worker now and keep it until close().
             worker = self._worker = await lease_worker(self.sync_engine)
             self._owns_worker = True
-            worker.interrupter = _cancel.interrupter_for(self._proxied)
+            _cancel.arm(worker, self._proxied)
         return await worker.call(fn, *args, **kwargs)
 
     async def _call_shielded(self, fn: Callable[..., _T], *args: Any) -> _T:
@@ -485,8 +484,12 @@ class AsyncConnection(
         worker = self._worker
         try:
             if sync_connection is not None and worker is not None:
-                await worker.call_shielded(sync_connection.close)
-                worker.interrupter = None
+                if worker.broken:
+                    # Still stuck in a statement that ignored its interrupt:
+                    # queue the close behind it rather than wait for it.
+                    worker.submit(_close_quietly, sync_connection)
+                else:
+                    await worker.call_shielded(sync_connection.close)
         finally:
             self._release_worker()
 

@@ -42,6 +42,9 @@ class Worker:
         #: Set by the lessee: called on the loop thread when a running call is
         #: cancelled, to make the driver stop the statement in flight.
         self.interrupter: Optional[Callable[[], None]] = None
+        #: Set by the lessee: run on this worker after a cancelled call was
+        #: interrupted, to leave the connection in a known state.
+        self.recover: Optional[Callable[[], None]] = None
         #: True once a call outlived its cancellation grace: never reuse.
         self.broken = False
         self._channel = _impl.Channel()
@@ -115,41 +118,67 @@ class Worker:
         with anyio.CancelScope(shield=True):
             return await self.call(fn, *args, **kwargs)
 
-    async def call_or_cleanup(
+    async def call_or_abandon(
         self, cleanup: Callable[[_T], object], fn: Callable[..., _T], *args: Any
     ) -> _T:
-        """Like :meth:`call`; if the caller is cancelled but ``fn`` succeeded
-        anyway (a connection was opened), run ``cleanup(result)`` on the worker."""
+        """Like :meth:`call` for work that cannot be interrupted (``connect``).
+
+        On cancellation the caller does not wait: ``cleanup(result)`` is queued
+        to run on this worker if ``fn`` succeeds after all, the worker is
+        marked broken (retired on release), and the cancellation propagates.
+        """
         job = _impl.Job(fn, args, None)
         self._channel.put(job)
         try:
             await _impl.wait(job)
         except BaseException:
-            if not job.done:
-                await self._settle_cancelled(job)
-            if job.done:
-                try:
-                    value = job.outcome()
-                except BaseException:  # noqa: BLE001 - the cancellation wins
-                    pass
-                else:
-                    with anyio.CancelScope(shield=True):
-                        await self.call(cleanup, value)
+            self.broken = True
+            self._channel.put(_impl.Job(_cleanup_if_succeeded, (job, cleanup), None))
             raise
         return job.outcome()  # type: ignore[no-any-return]
 
     async def _settle_cancelled(self, job: Any) -> None:
+        """Interrupt the running job, wait for it (shielded, bounded), recover."""
+        interrupt_job = None
         interrupter = self.interrupter
         if interrupter is not None:
-            try:
-                interrupter()
-            except Exception:  # noqa: BLE001 - best effort; we still wait below
-                pass
+            # Off the loop: a network driver's cancel is a round trip.
+            interrupt_job = _impl.Job(interrupter, (), None)
+            threading.Thread(
+                target=_run_quietly, args=(interrupt_job,), name="sqlalchemy-anyio-interrupt",
+                daemon=True,
+            ).start()
         with anyio.CancelScope(shield=True):
             with anyio.move_on_after(CANCEL_GRACE):
                 await _impl.wait(job)
-        if not job.done:
-            self.broken = True
+            if interrupt_job is not None:
+                # The interrupt must land before anything else runs here,
+                # never on a later statement.
+                with anyio.move_on_after(CANCEL_GRACE):
+                    await _impl.wait(interrupt_job)
+            if not job.done or (interrupt_job is not None and not interrupt_job.done):
+                self.broken = True
+                return
+            recover = self.recover
+            if recover is not None:
+                recover_job = _impl.Job(recover, (), None)
+                self._channel.put(recover_job)
+                with anyio.move_on_after(CANCEL_GRACE):
+                    await _impl.wait(recover_job)
+                if not recover_job.done:
+                    self.broken = True
+
+
+def _run_quietly(job: Any) -> None:
+    job.run()
+
+
+def _cleanup_if_succeeded(job: Any, cleanup: Callable[[Any], object]) -> None:
+    try:
+        value = job.outcome()
+    except BaseException:  # noqa: BLE001 - nothing was opened
+        return
+    cleanup(value)
 
 
 class WorkerPool:
@@ -208,7 +237,7 @@ class WorkerPool:
 
     def release(self, worker: Worker) -> None:
         """Give a worker back; any thread, any loop.  Never blocks."""
-        worker.interrupter = None
+        worker.interrupter = worker.recover = None
         with self._lock:
             if not worker.broken and worker.generation == self._generation:
                 if self._waiters:
