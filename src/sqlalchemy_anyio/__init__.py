@@ -22,8 +22,19 @@ from .exc import (
     WorkerThreadRequired,
 )
 from .result import AsyncMappingResult, AsyncResult, AsyncScalarResult, AsyncTupleResult
+from .scoping import async_scoped_session
+from .session import (
+    AsyncAttrs,
+    AsyncSession,
+    AsyncSessionTransaction,
+    async_object_session,
+    async_session,
+    async_sessionmaker,
+    close_all_sessions,
+)
 
 __all__ = [
+    "AsyncAttrs",
     "AsyncBindNotFound",
     "AsyncConnection",
     "AsyncContextAlreadyStarted",
@@ -33,10 +44,17 @@ __all__ = [
     "AsyncMethodRequired",
     "AsyncResult",
     "AsyncScalarResult",
+    "AsyncSession",
+    "AsyncSessionTransaction",
     "AsyncTransaction",
     "AsyncTupleResult",
     "WorkerThreadRequired",
     "async_engine_from_config",
+    "async_object_session",
+    "async_scoped_session",
+    "async_session",
+    "async_sessionmaker",
+    "close_all_sessions",
     "create_async_engine",
     "create_async_pool_from_url",
 ]

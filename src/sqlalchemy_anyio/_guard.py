@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 _OWNER_ATTR = "_sqlalchemy_anyio_worker"
 
-_installed: "weakref.WeakSet[Engine]" = weakref.WeakSet()
+_installed: weakref.WeakSet[Engine] = weakref.WeakSet()
 _installed_lock = threading.Lock()
 
 REMEDY = (
@@ -44,7 +44,8 @@ def refusal(what: str) -> async_exc.WorkerThreadRequired:
 
 
 def owner_of(conn: Connection) -> Optional[Worker]:
-    return getattr(conn, _OWNER_ATTR, None)  # type: ignore[no-any-return]
+    worker: Optional[Worker] = getattr(conn, _OWNER_ATTR, None)
+    return worker
 
 
 def claim(conn: Connection, worker: Worker) -> Connection:
@@ -68,9 +69,61 @@ def install_engine(engine: Engine) -> None:
     """Install the check on ``engine`` (once per engine)."""
     root = engine
     while isinstance(getattr(root, "_proxied", None), Engine):
-        root = root._proxied  # type: ignore[attr-defined]
+        root = getattr(root, "_proxied")  # noqa: B009 - OptionEngine's parent
     with _installed_lock:
         if root in _installed:
             return
         _installed.add(root)
     event.listen(root, "before_execute", _before_execute)
+
+
+# --------------------------------------------------------------------------
+# ORM sessions: the owner is the worker the AsyncSession leased (None between
+# leases, when no thread may run SQL through the session).
+
+_SESSION_OWNER_ATTR = "_sqlalchemy_anyio_session_worker"
+
+
+def set_session_owner(sync_session: Any, worker: Optional[Worker]) -> None:
+    """Record the worker now allowed to run SQL through ``sync_session``."""
+    sync_session.__dict__[_SESSION_OWNER_ATTR] = worker
+
+
+def _check_session(sync_session: Any, what: str) -> None:
+    worker = sync_session.__dict__.get(_SESSION_OWNER_ATTR)
+    if worker is None or not worker.is_current():
+        raise refusal(what)
+
+
+def _session_before_execute(orm_execute_state: Any) -> None:
+    session = orm_execute_state.session
+    worker = session.__dict__.get(_SESSION_OWNER_ATTR)
+    if worker is not None and worker.is_current():
+        return
+    if getattr(orm_execute_state, "is_relationship_load", False):
+        what = "A lazy load of a relationship"
+    elif getattr(orm_execute_state, "is_column_load", False):
+        what = "A load of expired or deferred column attributes"
+    else:
+        what = "An ORM statement"
+    raise refusal(what + " through an AsyncSession")
+
+
+def _session_before_flush(session: Any, flush_context: Any, instances: Any) -> None:
+    _check_session(session, "A flush (possibly an autoflush) of an AsyncSession")
+
+
+def _session_before_commit(session: Any) -> None:
+    _check_session(session, "A commit of an AsyncSession")
+
+
+def guard_session(sync_session: Any) -> None:
+    """Refuse SQL through ``sync_session`` off its owner worker, before any checkout.
+
+    ``do_orm_execute`` runs before autoflush and before a connection is taken,
+    so lazy loads and expired-attribute loads are stopped with no side effect.
+    """
+    set_session_owner(sync_session, None)
+    event.listen(sync_session, "do_orm_execute", _session_before_execute)
+    event.listen(sync_session, "before_flush", _session_before_flush)
+    event.listen(sync_session, "before_commit", _session_before_commit)

@@ -1,0 +1,1049 @@
+"""AsyncSession and friends: the ORM Session on one leased worker thread.
+
+An :class:`AsyncSession` leases one worker at first use and keeps it until
+``close()`` / ``reset()`` / ``invalidate()`` or the end of ``async with``.
+Every call of the sync :class:`~sqlalchemy.orm.Session` and every connection
+it opens runs on that thread; lazy loads attempted anywhere else are refused
+by the guard (see ``_guard.guard_session``).
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+import weakref
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Awaitable,
+    Callable,
+    Dict,
+    FrozenSet,
+    Generic,
+    Iterable,
+    Iterator,
+    Mapping,
+    NoReturn,
+    Optional,
+    Sequence,
+    Tuple,
+    Type,
+    TypeVar,
+    Union,
+    overload,
+)
+
+import anyio
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import util as sa_util
+from sqlalchemy.engine import Connection, Engine, Result, ScalarResult
+from sqlalchemy.orm import Session, SessionTransaction, object_session
+from sqlalchemy.orm import state as _instance_state
+
+from . import _cancel, _guard
+from . import exc as async_exc
+from ._base import ReversibleProxy, StartableContext
+from ._bridge import Worker, WorkerPool
+from ._buffer import buffer_result
+from .engine import DEFAULT_WORKER_LIMIT, AsyncConnection, AsyncEngine, lease_worker, workers_for
+from .result import AsyncResult, AsyncScalarResult
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Row, RowMapping
+    from sqlalchemy.engine.interfaces import CoreExecuteOptionsParameter, _CoreAnyExecuteParams
+    from sqlalchemy.orm._typing import OrmExecuteOptionsParameter, _IdentityKeyType
+    from sqlalchemy.orm.identity import IdentityMap
+    from sqlalchemy.orm.interfaces import ORMOption
+    from sqlalchemy.orm.session import _BindArguments, _PKIdentityArgument, _SessionBindKey
+    from sqlalchemy.sql.base import Executable
+    from sqlalchemy.sql.elements import ClauseElement
+    from sqlalchemy.sql.selectable import ForUpdateParameter, TableClause
+    from sqlalchemy.util import IdentitySet
+
+_T = TypeVar("_T")
+_O = TypeVar("_O", bound=object)
+
+_AsyncSessionBind = Union[AsyncEngine, AsyncConnection]
+
+_EXECUTE_OPTIONS = sa_util.immutabledict({"prebuffer_rows": True})
+_STREAM_OPTIONS = sa_util.immutabledict({"stream_results": True})
+
+#: Workers for sessions whose bind is not known up front (custom get_bind()).
+_fallback_workers: Optional[WorkerPool] = None
+_fallback_lock = threading.Lock()
+
+
+def _fallback_pool() -> WorkerPool:
+    global _fallback_workers
+    with _fallback_lock:
+        if _fallback_workers is None:
+            _fallback_workers = WorkerPool(DEFAULT_WORKER_LIMIT)
+        return _fallback_workers
+
+
+def _to_sync_bind(bind: Any) -> Union[Engine, Connection]:
+    """The sync Engine / Connection behind an async bind."""
+    if isinstance(bind, AsyncEngine):
+        return bind.sync_engine
+    if isinstance(bind, AsyncConnection):
+        return bind._proxied
+    raise sa_exc.ArgumentError(
+        f"AsyncEngine or AsyncConnection expected as an AsyncSession bind, got {bind!r}"
+    )
+
+
+class _Lease:
+    """One worker leased by one session; released exactly once (also on GC)."""
+
+    __slots__ = ("__weakref__", "pool", "worker")
+
+    def __init__(self, pool: Optional[WorkerPool], worker: Worker) -> None:
+        self.pool = pool
+        self.worker = worker
+
+    def release(self) -> None:
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            pool.release(self.worker)
+
+
+def _session_interrupter(sync_session: Session) -> Callable[[], None]:
+    """Interrupt whatever statement the session's connections are running."""
+
+    def interrupt() -> None:
+        trans = sync_session.get_transaction()
+        if trans is None:
+            return
+        for entry in list(trans._connections.values()):
+            conn = entry[0]
+            if isinstance(conn, Connection):
+                interrupter = _cancel.interrupter_for(conn)
+                if interrupter is not None:
+                    interrupter()
+
+    return interrupt
+
+
+# --------------------------------------------------------------------------
+# AsyncAttrs
+
+
+class AsyncAttrs:
+    """Mixin for mapped classes: ``await obj.awaitable_attrs.name`` loads on the worker."""
+
+    class _AsyncAttrGetitem:
+        __slots__ = ("_instance",)
+
+        def __init__(self, _instance: Any) -> None:
+            self._instance = _instance
+
+        def __getattr__(self, name: str) -> Awaitable[Any]:
+            return _load_attribute(self._instance, name)
+
+    @property
+    def awaitable_attrs(self) -> AsyncAttrs._AsyncAttrGetitem:
+        """An accessor whose attributes are awaitables that load them."""
+        return AsyncAttrs._AsyncAttrGetitem(self)
+
+
+async def _load_attribute(instance: Any, name: str) -> Any:
+    """getattr() on the worker of the instance's session (inline when loaded)."""
+    if name in getattr(instance, "__dict__", ()):  # loaded (or plain): no I/O possible
+        return getattr(instance, name)
+    asession = async_object_session(instance)
+    if asession is None:
+        return getattr(instance, name)
+    return await asession._call(getattr, instance, name)
+
+
+# --------------------------------------------------------------------------
+# AsyncSession
+
+
+class AsyncSession(ReversibleProxy[Session]):
+    """An async proxy for a :class:`~sqlalchemy.orm.Session` on one worker thread."""
+
+    _is_asyncio = True
+
+    #: The Session class (or callable) making the proxied Session.
+    sync_session_class: Type[Session] = Session
+
+    #: The proxied sync Session; use it as an event target.
+    sync_session: Session
+
+    def __init__(
+        self,
+        bind: Optional[_AsyncSessionBind] = None,
+        *,
+        binds: Optional[Dict[_SessionBindKey, _AsyncSessionBind]] = None,
+        sync_session_class: Optional[Type[Session]] = None,
+        **kw: Any,
+    ) -> None:
+        self._async_bind = bind
+        self._async_binds: Dict[Any, _AsyncSessionBind] = dict(binds) if binds else {}
+        sync_bind = _to_sync_bind(bind) if bind is not None else None
+        sync_binds = {key: _to_sync_bind(b) for key, b in binds.items()} if binds else None
+        if sync_session_class:
+            self.sync_session_class = sync_session_class
+        self._lease: Optional[_Lease] = None
+        self._finalizer: Optional[weakref.finalize[Any, Any]] = None
+        self.sync_session = self._proxied = self._assign_proxied(
+            self.sync_session_class(bind=sync_bind, binds=sync_binds, **kw)
+        )
+        _guard.guard_session(self.sync_session)
+
+    # -- the worker ---------------------------------------------------------
+
+    @property
+    def _worker(self) -> Optional[Worker]:
+        lease = self._lease
+        return lease.worker if lease is not None else None
+
+    async def _acquire(self) -> Worker:
+        """Lease this session's worker (first use after creation or close)."""
+        pool: Optional[WorkerPool]
+        sync = self.sync_session
+        bind: Any = sync.bind
+        if bind is None:
+            for candidate in self._async_binds.values():
+                bind = _to_sync_bind(candidate)
+                if isinstance(bind, Connection):
+                    break
+        if isinstance(bind, Connection):
+            # Joined to an external connection: run on the worker that owns it.
+            owner = _guard.owner_of(bind)
+            if owner is None:
+                proxy = AsyncConnection._retrieve_proxy_for_target(bind)
+                await proxy._call(int)  # make the connection lease its worker
+                owner = proxy._worker
+            assert owner is not None
+            pool, worker = None, owner
+        elif isinstance(bind, Engine):
+            pool, worker = workers_for(bind), await lease_worker(bind)
+        else:
+            pool = _fallback_pool()
+            worker = await pool.lease()
+        if self._lease is not None:  # another task of ours leased meanwhile
+            if pool is not None:
+                pool.release(worker)
+            return self._lease.worker
+        lease = self._lease = _Lease(pool, worker)
+        if pool is not None:
+            worker.interrupter = _session_interrupter(sync)
+            self._finalizer = weakref.finalize(self, lease.release)
+        _guard.set_session_owner(sync, worker)
+        return worker
+
+    def _release(self) -> None:
+        lease, self._lease = self._lease, None
+        _guard.set_session_owner(self.sync_session, None)
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        if lease is not None:
+            if lease.pool is not None:
+                lease.worker.interrupter = None
+            lease.release()
+
+    async def _call(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        lease = self._lease
+        worker = lease.worker if lease is not None else await self._acquire()
+        return await worker.call(fn, *args, **kwargs)
+
+    async def _call_shielded(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        with anyio.CancelScope(shield=True):
+            result = await self._call(fn, *args, **kwargs)
+        return result
+
+    async def _end(self, fn: Callable[[], Any]) -> None:
+        """Run close()/reset()/invalidate() to completion, then free the worker."""
+        try:
+            if self._lease is not None:
+                await self._call_shielded(fn)
+            else:
+                fn()  # never used (or already closed): no connection to touch
+        finally:
+            self._release()
+
+    # -- binds ----------------------------------------------------------------
+
+    @property
+    def bind(self) -> Optional[_AsyncSessionBind]:
+        """The AsyncEngine or AsyncConnection this session is bound to, if any."""
+        sync_bind = self.sync_session.bind
+        if sync_bind is None:
+            return None
+        if self._async_bind is not None and _to_sync_bind(self._async_bind) is sync_bind:
+            return self._async_bind
+        return self._translate(sync_bind)
+
+    @bind.setter
+    def bind(self, bind: Optional[_AsyncSessionBind]) -> None:
+        self.sync_session.bind = _to_sync_bind(bind) if bind is not None else None
+        self._async_bind = bind
+
+    def bind_mapper(self, mapper: Any, bind: _AsyncSessionBind) -> None:
+        """Associate a mapper or class with an async bind."""
+        self.sync_session.bind_mapper(mapper, _to_sync_bind(bind))
+        self._async_binds[mapper] = bind
+
+    def bind_table(self, table: TableClause, bind: _AsyncSessionBind) -> None:
+        """Associate a Table with an async bind."""
+        self.sync_session.bind_table(table, _to_sync_bind(bind))
+        self._async_binds[table] = bind
+
+    @property
+    def binds(self) -> Mapping[Any, _AsyncSessionBind]:
+        """The per-mapper / per-table binds, as async objects."""
+        sync = self.sync_session
+        sync_binds: Mapping[Any, Any] = (
+            sync.binds if hasattr(sync, "binds") else sync._Session__binds  # type: ignore[attr-defined, unused-ignore]
+        )
+        return sa_util.immutabledict(
+            {key: self._translate(bind) for key, bind in sync_binds.items()}
+        )
+
+    def _translate(self, sync_bind: Any) -> _AsyncSessionBind:
+        for candidate in (self._async_bind, *self._async_binds.values()):
+            if candidate is not None and _to_sync_bind(candidate) is sync_bind:
+                return candidate
+        if isinstance(sync_bind, Engine):
+            return AsyncEngine._retrieve_proxy_for_target(sync_bind)  # type: ignore[no-any-return]
+        if isinstance(sync_bind, Connection):
+            return AsyncConnection._retrieve_proxy_for_target(sync_bind)  # type: ignore[no-any-return]
+        raise async_exc.AsyncBindNotFound(
+            f"Can't translate bind {sync_bind!r}; it is not among the binds "
+            f"established for this {type(self).__name__}."
+        )
+
+    @classmethod
+    def _no_async_engine_events(cls) -> NoReturn:
+        raise NotImplementedError(
+            "asynchronous events are not implemented at this time.  Apply "
+            "synchronous listeners to the AsyncSession.sync_session."
+        )
+
+    # -- I/O ------------------------------------------------------------------
+
+    async def refresh(
+        self,
+        instance: object,
+        attribute_names: Optional[Iterable[str]] = None,
+        with_for_update: ForUpdateParameter = None,
+    ) -> None:
+        """Expire and reload the attributes of ``instance``."""
+        await self._call(
+            self.sync_session.refresh,
+            instance,
+            attribute_names=attribute_names,
+            with_for_update=with_for_update,
+        )
+
+    async def run_sync(self, fn: Callable[..., _T], *arg: Any, **kw: Any) -> _T:
+        """Run ``fn(sync_session, *arg, **kw)`` on the session's worker.
+
+        Inside ``fn`` everything is plain synchronous SQLAlchemy, lazy loads included.
+        """
+        return await self._call(fn, self.sync_session, *arg, **kw)
+
+    async def execute(
+        self,
+        statement: Executable,
+        params: Optional[_CoreAnyExecuteParams] = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = sa_util.EMPTY_DICT,
+        bind_arguments: Optional[_BindArguments] = None,
+        **kw: Any,
+    ) -> Result[Any]:
+        """Execute a statement; all rows (and ORM objects) are loaded before this returns."""
+        options = (
+            sa_util.immutabledict(execution_options).union(_EXECUTE_OPTIONS)
+            if execution_options
+            else _EXECUTE_OPTIONS
+        )
+        return await self._call(
+            _execute_buffered, self.sync_session, statement, params, options, bind_arguments, kw
+        )
+
+    async def scalar(
+        self,
+        statement: Executable,
+        params: Optional[_CoreAnyExecuteParams] = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = sa_util.EMPTY_DICT,
+        bind_arguments: Optional[_BindArguments] = None,
+        **kw: Any,
+    ) -> Any:
+        """Execute and return the first column of the first row."""
+        options = (
+            sa_util.immutabledict(execution_options).union(_EXECUTE_OPTIONS)
+            if execution_options
+            else _EXECUTE_OPTIONS
+        )
+        return await self._call(
+            self.sync_session.scalar,
+            statement,
+            params=params,
+            execution_options=options,
+            bind_arguments=bind_arguments,
+            **kw,
+        )
+
+    async def scalars(
+        self,
+        statement: Executable,
+        params: Optional[_CoreAnyExecuteParams] = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = sa_util.EMPTY_DICT,
+        bind_arguments: Optional[_BindArguments] = None,
+        **kw: Any,
+    ) -> ScalarResult[Any]:
+        """Execute and return a buffered :class:`~sqlalchemy.engine.ScalarResult`."""
+        result = await self.execute(
+            statement,
+            params=params,
+            execution_options=execution_options,
+            bind_arguments=bind_arguments,
+            **kw,
+        )
+        return result.scalars()
+
+    async def get(
+        self,
+        entity: Any,
+        ident: _PKIdentityArgument,
+        *,
+        options: Optional[Sequence[ORMOption]] = None,
+        populate_existing: bool = False,
+        with_for_update: ForUpdateParameter = None,
+        identity_token: Optional[Any] = None,
+        execution_options: OrmExecuteOptionsParameter = sa_util.EMPTY_DICT,
+    ) -> Any:
+        """The instance of ``entity`` with this primary key, or None."""
+        return await self._call(
+            self.sync_session.get,
+            entity,
+            ident,
+            options=options,
+            populate_existing=populate_existing,
+            with_for_update=with_for_update,
+            identity_token=identity_token,
+            execution_options=execution_options,
+        )
+
+    async def get_one(
+        self,
+        entity: Any,
+        ident: _PKIdentityArgument,
+        *,
+        options: Optional[Sequence[ORMOption]] = None,
+        populate_existing: bool = False,
+        with_for_update: ForUpdateParameter = None,
+        identity_token: Optional[Any] = None,
+        execution_options: OrmExecuteOptionsParameter = sa_util.EMPTY_DICT,
+    ) -> Any:
+        """Like :meth:`get`, raising ``NoResultFound`` instead of returning None."""
+        return await self._call(
+            self.sync_session.get_one,
+            entity,
+            ident,
+            options=options,
+            populate_existing=populate_existing,
+            with_for_update=with_for_update,
+            identity_token=identity_token,
+            execution_options=execution_options,
+        )
+
+    async def stream(
+        self,
+        statement: Executable,
+        params: Optional[_CoreAnyExecuteParams] = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = sa_util.EMPTY_DICT,
+        bind_arguments: Optional[_BindArguments] = None,
+        **kw: Any,
+    ) -> AsyncResult[Any]:
+        """Execute with a server-side cursor; rows are fetched in batches on the worker."""
+        options = (
+            sa_util.immutabledict(execution_options).union(_STREAM_OPTIONS)
+            if execution_options
+            else _STREAM_OPTIONS
+        )
+        worker = self._worker or await self._acquire()
+        result = await worker.call(
+            self.sync_session.execute,
+            statement,
+            params=params,
+            execution_options=options,
+            bind_arguments=bind_arguments,
+            **kw,
+        )
+        return AsyncResult(result, worker)
+
+    async def stream_scalars(
+        self,
+        statement: Executable,
+        params: Optional[_CoreAnyExecuteParams] = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = sa_util.EMPTY_DICT,
+        bind_arguments: Optional[_BindArguments] = None,
+        **kw: Any,
+    ) -> AsyncScalarResult[Any]:
+        """Like :meth:`stream`, returning an :class:`AsyncScalarResult`."""
+        result = await self.stream(
+            statement,
+            params=params,
+            execution_options=execution_options,
+            bind_arguments=bind_arguments,
+            **kw,
+        )
+        return result.scalars()
+
+    async def delete(self, instance: object) -> None:
+        """Mark ``instance`` as deleted (cascades may load related objects)."""
+        await self._call(self.sync_session.delete, instance)
+
+    if hasattr(Session, "delete_all"):  # SQLAlchemy 2.1
+
+        async def delete_all(self, instances: Iterable[object]) -> None:
+            """Mark each of ``instances`` as deleted."""
+            await self._call(self.sync_session.delete_all, instances)  # type: ignore[attr-defined, unused-ignore]
+
+    async def merge(
+        self, instance: _O, *, load: bool = True, options: Optional[Sequence[ORMOption]] = None
+    ) -> _O:
+        """Copy the state of ``instance`` into a persistent instance of this session."""
+        return await self._call(self.sync_session.merge, instance, load=load, options=options)
+
+    if hasattr(Session, "merge_all"):  # SQLAlchemy 2.1
+
+        async def merge_all(
+            self,
+            instances: Iterable[_O],
+            *,
+            load: bool = True,
+            options: Optional[Sequence[ORMOption]] = None,
+        ) -> Sequence[_O]:
+            """:meth:`merge` for each of ``instances``."""
+            return await self._call(
+                self.sync_session.merge_all,  # type: ignore[attr-defined, unused-ignore]
+                instances,
+                load=load,
+                options=options,
+            )
+
+    async def flush(self, objects: Optional[Sequence[Any]] = None) -> None:
+        """Flush pending changes to the database."""
+        await self._call(self.sync_session.flush, objects=objects)
+
+    def get_transaction(self) -> Optional[AsyncSessionTransaction]:
+        """The current root transaction, if any."""
+        trans = self.sync_session.get_transaction()
+        if trans is None:
+            return None
+        return AsyncSessionTransaction._retrieve_proxy_for_target(  # type: ignore[no-any-return]
+            trans, async_session=self
+        )
+
+    def get_nested_transaction(self) -> Optional[AsyncSessionTransaction]:
+        """The current nested transaction (SAVEPOINT), if any."""
+        trans = self.sync_session.get_nested_transaction()
+        if trans is None:
+            return None
+        return AsyncSessionTransaction._retrieve_proxy_for_target(  # type: ignore[no-any-return]
+            trans, async_session=self
+        )
+
+    def get_bind(
+        self,
+        mapper: Optional[Any] = None,
+        clause: Optional[ClauseElement] = None,
+        bind: Optional[Union[Engine, Connection]] = None,
+        **kw: Any,
+    ) -> Union[Engine, Connection]:
+        """The sync bind the sync session would use (see ``Session.get_bind``)."""
+        return self.sync_session.get_bind(mapper=mapper, clause=clause, bind=bind, **kw)
+
+    def get_async_bind(
+        self,
+        mapper: Optional[Any] = None,
+        clause: Optional[ClauseElement] = None,
+        bind: Optional[_AsyncSessionBind] = None,
+        **kw: Any,
+    ) -> _AsyncSessionBind:
+        """Like :meth:`get_bind`, returning the AsyncEngine / AsyncConnection."""
+        sync_bind = _to_sync_bind(bind) if bind is not None else None
+        resolved = self.get_bind(mapper=mapper, clause=clause, bind=sync_bind, **kw)
+        if bind is not None and resolved is sync_bind:
+            return bind
+        return self._translate(resolved)
+
+    async def connection(
+        self,
+        bind_arguments: Optional[_BindArguments] = None,
+        execution_options: Optional[CoreExecuteOptionsParameter] = None,
+        **kw: Any,
+    ) -> AsyncConnection:
+        """The AsyncConnection of this session's transaction, on the session's worker."""
+        worker = self._worker or await self._acquire()
+        sync_connection = await worker.call(
+            self.sync_session.connection,
+            bind_arguments=bind_arguments,
+            execution_options=execution_options,
+            **kw,
+        )
+        existing = AsyncConnection._retrieve_proxy_for_target(sync_connection, regenerate=False)
+        if existing is not None:
+            return existing  # type: ignore[no-any-return]
+        if _guard.owner_of(sync_connection) is None:
+            _guard.claim(sync_connection, worker)
+        return AsyncConnection(
+            AsyncEngine._retrieve_proxy_for_target(sync_connection.engine),
+            sync_connection,
+            worker=worker,
+        )
+
+    def begin(self) -> AsyncSessionTransaction:
+        """Begin a transaction; await it or use ``async with``."""
+        return AsyncSessionTransaction(self)
+
+    def begin_nested(self) -> AsyncSessionTransaction:
+        """Begin a SAVEPOINT; await it or use ``async with``."""
+        return AsyncSessionTransaction(self, nested=True)
+
+    async def rollback(self) -> None:
+        """Roll back the current transaction (runs to completion if cancelled)."""
+        await self._call_shielded(self.sync_session.rollback)
+
+    async def commit(self) -> None:
+        """Flush and commit the current transaction."""
+        await self._call(self.sync_session.commit)
+
+    async def close(self) -> None:
+        """Release connections and objects, then give the worker back (even if cancelled)."""
+        await self._end(self.sync_session.close)
+
+    async def reset(self) -> None:
+        """Like :meth:`close`, without preventing a closed session's reuse (2.0.22+)."""
+        await self._end(self.sync_session.reset)
+
+    async def aclose(self) -> None:
+        """A synonym for :meth:`close`, for ``contextlib.aclosing``."""
+        await self.close()
+
+    async def invalidate(self) -> None:
+        """Close, invalidating the connections, then give the worker back."""
+        await self._end(self.sync_session.invalidate)
+
+    @classmethod
+    async def close_all(cls) -> None:
+        """Close all sessions (deprecated: use :func:`close_all_sessions`)."""
+        warnings.warn(
+            "The AsyncSession.close_all() method is deprecated and will be removed "
+            "in a future release.  Please refer to close_all_sessions().",
+            sa_exc.SADeprecationWarning,
+            stacklevel=2,
+        )
+        await close_all_sessions()
+
+    async def __aenter__(self: _AS) -> _AS:
+        return self
+
+    async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.close()
+
+    def _maker_context_manager(self: _AS) -> _AsyncSessionContextManager[_AS]:
+        return _AsyncSessionContextManager(self)
+
+    # -- proxied, no I/O ----------------------------------------------------
+
+    def __contains__(self, instance: object) -> bool:
+        return self.sync_session.__contains__(instance)
+
+    def __iter__(self) -> Iterator[object]:
+        return self.sync_session.__iter__()
+
+    def add(self, instance: object, *, _warn: bool = True) -> None:
+        """Place ``instance`` in the session (flushed at the next flush)."""
+        self.sync_session.add(instance, _warn=_warn)
+
+    def add_all(self, instances: Iterable[object]) -> None:
+        """Add each of ``instances``."""
+        self.sync_session.add_all(instances)
+
+    def expire(self, instance: object, attribute_names: Optional[Iterable[str]] = None) -> None:
+        """Mark attributes of ``instance`` as stale (reload them with refresh())."""
+        self.sync_session.expire(instance, attribute_names=attribute_names)
+
+    def expire_all(self) -> None:
+        """Expire every instance of the session."""
+        self.sync_session.expire_all()
+
+    def expunge(self, instance: object) -> None:
+        """Remove ``instance`` from the session."""
+        self.sync_session.expunge(instance)
+
+    def expunge_all(self) -> None:
+        """Remove all instances from the session."""
+        self.sync_session.expunge_all()
+
+    def is_modified(self, instance: object, include_collections: bool = True) -> bool:
+        """Whether ``instance`` has local changes to flush."""
+        return self.sync_session.is_modified(instance, include_collections=include_collections)
+
+    def in_transaction(self) -> bool:
+        """True if the session has begun a transaction."""
+        return self.sync_session.in_transaction()
+
+    def in_nested_transaction(self) -> bool:
+        """True if a SAVEPOINT is in progress."""
+        return self.sync_session.in_nested_transaction()
+
+    @property
+    def dirty(self) -> IdentitySet:
+        return self.sync_session.dirty
+
+    @property
+    def deleted(self) -> IdentitySet:
+        return self.sync_session.deleted
+
+    @property
+    def new(self) -> IdentitySet:
+        return self.sync_session.new
+
+    @property
+    def identity_map(self) -> IdentityMap:
+        return self.sync_session.identity_map
+
+    @identity_map.setter
+    def identity_map(self, attr: IdentityMap) -> None:
+        self.sync_session.identity_map = attr
+
+    @property
+    def is_active(self) -> bool:
+        return self.sync_session.is_active
+
+    @property
+    def autoflush(self) -> bool:
+        return self.sync_session.autoflush
+
+    @autoflush.setter
+    def autoflush(self, attr: bool) -> None:
+        self.sync_session.autoflush = attr
+
+    @property
+    def no_autoflush(self) -> Any:
+        """A context manager that disables autoflush."""
+        return self.sync_session.no_autoflush
+
+    @property
+    def info(self) -> Dict[Any, Any]:
+        return self.sync_session.info
+
+    @property
+    def execution_options(self) -> Any:
+        """Session-wide execution options (SQLAlchemy 2.1)."""
+        return self.sync_session.execution_options  # type: ignore[attr-defined, unused-ignore]
+
+    @execution_options.setter
+    def execution_options(self, attr: Any) -> None:
+        self.sync_session.execution_options = attr  # type: ignore[attr-defined, unused-ignore]
+
+    @classmethod
+    def object_session(cls, instance: object) -> Optional[Session]:
+        """The sync Session ``instance`` belongs to."""
+        return Session.object_session(instance)
+
+    @classmethod
+    def identity_key(
+        cls,
+        class_: Optional[Type[Any]] = None,
+        ident: Union[Any, Tuple[Any, ...]] = None,
+        *,
+        instance: Optional[Any] = None,
+        row: Optional[Union[Row[Any], RowMapping]] = None,
+        identity_token: Optional[Any] = None,
+    ) -> _IdentityKeyType[Any]:
+        """An identity key (see ``sqlalchemy.orm.util.identity_key``)."""
+        return Session.identity_key(
+            class_=class_, ident=ident, instance=instance, row=row, identity_token=identity_token
+        )
+
+
+def _execute_buffered(
+    sync_session: Session,
+    statement: Any,
+    params: Any,
+    execution_options: Any,
+    bind_arguments: Any,
+    kw: Dict[str, Any],
+) -> Result[Any]:
+    """Session.execute and fetch everything, on the worker."""
+    result = sync_session.execute(
+        statement,
+        params=params,
+        execution_options=execution_options,
+        bind_arguments=bind_arguments,
+        **kw,
+    )
+    return buffer_result(result, sync_session.execute)
+
+
+_AS = TypeVar("_AS", bound=AsyncSession)
+
+
+# --------------------------------------------------------------------------
+# async_sessionmaker
+
+
+class async_sessionmaker(Generic[_AS]):
+    """A configurable :class:`AsyncSession` factory."""
+
+    class_: Type[_AS]
+
+    @overload
+    def __init__(
+        self,
+        bind: Optional[_AsyncSessionBind] = ...,
+        *,
+        class_: Type[_AS],
+        autoflush: bool = ...,
+        expire_on_commit: bool = ...,
+        info: Optional[Dict[Any, Any]] = ...,
+        **kw: Any,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self: async_sessionmaker[AsyncSession],
+        bind: Optional[_AsyncSessionBind] = ...,
+        *,
+        autoflush: bool = ...,
+        expire_on_commit: bool = ...,
+        info: Optional[Dict[Any, Any]] = ...,
+        **kw: Any,
+    ) -> None: ...
+
+    def __init__(
+        self,
+        bind: Optional[_AsyncSessionBind] = None,
+        *,
+        class_: Type[_AS] = AsyncSession,  # type: ignore[assignment]
+        autoflush: bool = True,
+        expire_on_commit: bool = True,
+        info: Optional[Dict[Any, Any]] = None,
+        **kw: Any,
+    ) -> None:
+        kw["bind"] = bind
+        kw["autoflush"] = autoflush
+        kw["expire_on_commit"] = expire_on_commit
+        if info is not None:
+            kw["info"] = info
+        self.kw = kw
+        self.class_ = class_
+
+    def begin(self) -> _AsyncSessionContextManager[_AS]:
+        """``async with maker.begin() as session:`` — new session, commit, close."""
+        return self()._maker_context_manager()
+
+    def __call__(self, **local_kw: Any) -> _AS:
+        """A new session with this maker's configuration (``local_kw`` overrides)."""
+        for k, v in self.kw.items():
+            if k == "info" and "info" in local_kw:
+                d = v.copy()
+                d.update(local_kw["info"])
+                local_kw["info"] = d
+            else:
+                local_kw.setdefault(k, v)
+        return self.class_(**local_kw)
+
+    def configure(self, **new_kw: Any) -> None:
+        """(Re)configure the arguments of this maker."""
+        self.kw.update(new_kw)
+
+    def __repr__(self) -> str:
+        return "{}(class_={!r}, {})".format(
+            self.__class__.__name__,
+            self.class_.__name__,
+            ", ".join(f"{k}={v!r}" for k, v in self.kw.items()),
+        )
+
+
+class _AsyncSessionContextManager(Generic[_AS]):
+    __slots__ = ("async_session", "trans")
+
+    async_session: _AS
+    trans: AsyncSessionTransaction
+
+    def __init__(self, async_session: _AS) -> None:
+        self.async_session = async_session
+
+    async def __aenter__(self) -> _AS:
+        self.trans = self.async_session.begin()
+        await self.trans.__aenter__()
+        return self.async_session
+
+    async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.trans.__aexit__(type_, value, traceback)
+            finally:
+                await self.async_session.__aexit__(type_, value, traceback)
+
+
+# --------------------------------------------------------------------------
+# AsyncSessionTransaction
+
+
+class AsyncSessionTransaction(
+    ReversibleProxy[SessionTransaction], StartableContext["AsyncSessionTransaction"]
+):
+    """An async wrapper for a :class:`~sqlalchemy.orm.SessionTransaction`."""
+
+    __slots__ = ("nested", "session", "sync_transaction")
+
+    session: AsyncSession
+    sync_transaction: Optional[SessionTransaction]
+
+    def __init__(self, session: AsyncSession, nested: bool = False) -> None:
+        self.session = session
+        self.nested = nested
+        self.sync_transaction = None
+
+    @property
+    def is_active(self) -> bool:
+        return self.sync_transaction is not None and self._sync_transaction().is_active
+
+    def _sync_transaction(self) -> SessionTransaction:
+        if not self.sync_transaction:
+            self._raise_for_not_started()
+        return self.sync_transaction
+
+    @property
+    def connections(self) -> FrozenSet[AsyncConnection]:
+        """The AsyncConnections this transaction has acquired."""
+        trans = self._sync_transaction()
+        return frozenset(self._proxy_connection(entry[0]) for entry in trans._connections.values())
+
+    def bound_connection(
+        self, bindkey: Optional[Any] = None, *, bind: Optional[_AsyncSessionBind] = None, **kw: Any
+    ) -> AsyncConnection:
+        """The AsyncConnection acquired for ``bindkey`` / ``bind`` (SQLAlchemy 2.1.7+)."""
+        if bind is not None:
+            kw["bind"] = _to_sync_bind(bind)
+        sync_conn = self._sync_transaction().bound_connection(bindkey, **kw)  # type: ignore[attr-defined, unused-ignore]
+        return self._proxy_connection(sync_conn)
+
+    def _proxy_connection(self, sync_conn: Connection) -> AsyncConnection:
+        existing = AsyncConnection._retrieve_proxy_for_target(sync_conn, regenerate=False)
+        if existing is not None:
+            return existing  # type: ignore[no-any-return]
+        worker = self.session._worker
+        if worker is not None and _guard.owner_of(sync_conn) is None:
+            _guard.claim(sync_conn, worker)
+        return AsyncConnection(
+            AsyncEngine._retrieve_proxy_for_target(sync_conn.engine), sync_conn, worker=worker
+        )
+
+    async def rollback(self) -> None:
+        """Roll back this transaction."""
+        await self.session._call_shielded(self._sync_transaction().rollback)
+
+    async def commit(self) -> None:
+        """Commit this transaction."""
+        await self.session._call(self._sync_transaction().commit)
+
+    @classmethod
+    def _regenerate_proxy_for_target(  # type: ignore[override]
+        cls, target: SessionTransaction, async_session: AsyncSession, **kw: Any
+    ) -> AsyncSessionTransaction:
+        obj = cls.__new__(cls)
+        obj.session = async_session
+        obj.sync_transaction = obj._assign_proxied(target)
+        obj.nested = target.nested
+        return obj
+
+    async def start(self, is_ctxmanager: bool = False) -> AsyncSessionTransaction:
+        sync = self.session.sync_session
+        self.sync_transaction = self._assign_proxied(
+            await self.session._call(sync.begin_nested if self.nested else sync.begin)
+        )
+        if is_ctxmanager:
+            self.sync_transaction.__enter__()
+        return self
+
+    async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
+        exit_ = self._sync_transaction().__exit__
+        if type_ is None:
+            await self.session._call(exit_, type_, value, traceback)
+        else:  # a rollback: finish it even if cancelled
+            await self.session._call_shielded(exit_, type_, value, traceback)
+
+
+# --------------------------------------------------------------------------
+# module functions
+
+
+def async_object_session(instance: object) -> Optional[AsyncSession]:
+    """The AsyncSession ``instance`` belongs to, if any."""
+    session = object_session(instance)
+    if session is None:
+        return None
+    return async_session(session)
+
+
+def async_session(session: Session) -> Optional[AsyncSession]:
+    """The AsyncSession proxying the sync ``session``, if any."""
+    return AsyncSession._retrieve_proxy_for_target(  # type: ignore[no-any-return]
+        session, regenerate=False
+    )
+
+
+async def close_all_sessions() -> None:
+    """Close every Session in memory: async ones on their workers, others on a spare one."""
+    from sqlalchemy.orm import session as orm_session
+
+    sessions = list(orm_session._sessions.values())
+    plain = []
+    for sess in sessions:
+        asess = async_session(sess)
+        if asess is not None:
+            await asess.close()
+        else:
+            plain.append(sess)
+    if plain:
+        pool = _fallback_pool()
+        worker = await pool.lease()
+        try:
+            for sess in plain:
+                await worker.call_shielded(sess.close)
+        finally:
+            pool.release(worker)
+
+
+# ``inspect(obj).async_session`` finds our sessions (and the official ones, if any).
+_previous_provider: Optional[Callable[[Session], Any]] = getattr(
+    _instance_state, "_async_provider", None
+)
+
+
+def _async_provider(session: Session) -> Any:
+    found = async_session(session)
+    if found is None and _previous_provider is not None:
+        return _previous_provider(session)
+    return found
+
+
+_instance_state._async_provider = _async_provider  # type: ignore[attr-defined, unused-ignore]
+
+
+__all__ = [
+    "AsyncAttrs",
+    "AsyncSession",
+    "AsyncSessionTransaction",
+    "async_object_session",
+    "async_session",
+    "async_sessionmaker",
+    "close_all_sessions",
+]
