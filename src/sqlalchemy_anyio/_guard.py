@@ -54,6 +54,12 @@ def claim(conn: Connection, worker: Worker) -> Connection:
     return conn
 
 
+def disown(conn: Connection) -> None:
+    """Forget the owner of a connection closed for good: nothing is left to guard,
+    and a later call must meet SQLAlchemy's ResourceClosedError, not a refusal."""
+    setattr(conn, _OWNER_ATTR, None)
+
+
 def connect_on_worker(engine: Engine, worker: Worker) -> Connection:
     """``engine.connect()`` on the worker, the result owned by it."""
     return claim(engine.connect(), worker)

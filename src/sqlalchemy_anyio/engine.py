@@ -388,6 +388,11 @@ class AsyncConnection(
     async def _call(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         worker = self._worker
         if worker is None:
+            if self._proxied.closed:
+                # Closed for good: nothing can reach the database, and a worker
+                # leased here would never be given back.  SQLAlchemy raises
+                # ResourceClosedError (or, for rollback(), does nothing).
+                return fn(*args, **kwargs)
             # A proxy regenerated for a connection we did not start: lease
             # a worker now and keep it until close().
             worker = self._worker = await lease_worker(self.sync_engine)
@@ -490,6 +495,7 @@ class AsyncConnection(
                     worker.submit(_close_quietly, sync_connection)
                 else:
                     await worker.call_shielded(sync_connection.close)
+                    _guard.disown(sync_connection)
         finally:
             self._release_worker()
 
