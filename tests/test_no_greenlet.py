@@ -1,0 +1,102 @@
+"""The package never needs greenlet: a Core round trip with its import blocked."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import sqlalchemy_anyio
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+SCRIPT = textwrap.dedent(
+    """
+    import importlib.abc
+    import sys
+
+    class BlockGreenlet(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "greenlet" or name.startswith("greenlet."):
+                raise ImportError(f"{name} is blocked by the test")
+            return None
+
+    sys.meta_path.insert(0, BlockGreenlet())
+    assert "greenlet" not in sys.modules
+
+    import anyio
+    import sqlalchemy as sa
+    import sqlalchemy_anyio
+    from sqlalchemy_anyio import create_async_engine
+
+    BACKEND, URL = sys.argv[1], sys.argv[2]
+    metadata = sa.MetaData()
+    table = sa.Table(
+        "eng_nogreenlet",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("name", sa.String(20)),
+    )
+
+    async def main():
+        engine = create_async_engine(URL)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(metadata.create_all)
+                await conn.execute(table.insert(), [{"id": i, "name": f"n{i}"} for i in range(50)])
+            async with engine.connect() as conn:
+                count = await conn.scalar(sa.select(sa.func.count()).select_from(table))
+                assert count == 50, count
+                async with conn.stream(sa.select(table).order_by(table.c.id)) as result:
+                    ids = [row.id async for row in result]
+                assert ids == list(range(50)), ids
+                names = await (await conn.stream_scalars(sa.select(table.c.name))).all()
+                assert len(names) == 50
+        finally:
+            await engine.dispose()
+
+    anyio.run(main, backend=BACKEND)
+    assert "greenlet" not in sys.modules, "greenlet was imported"
+    print("ROUND TRIP OK", BACKEND)
+    """
+)
+
+
+def _env() -> dict[str, str]:
+    """Make the subprocess import this checkout when that is where it came from."""
+    env = os.environ.copy()
+    module_file = Path(sqlalchemy_anyio.__file__).resolve()
+    if SRC in module_file.parents:
+        parts = [str(SRC), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+        env["PYTHONPATH"] = os.pathsep.join(parts)
+    return env
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_core_round_trip_with_greenlet_blocked(backend: str, tmp_path: Path) -> None:
+    if backend == "trio":
+        pytest.importorskip("trio")
+    url = f"sqlite:///{tmp_path / 'nogreenlet.db'}"
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, backend, url],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"ROUND TRIP OK {backend}" in proc.stdout
+
+
+def test_blocker_really_blocks() -> None:
+    """The finder used above does stop an import of greenlet (it is installed here)."""
+    code = SCRIPT.split("assert \"greenlet\" not in sys.modules", 1)[0] + "import greenlet\n"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode != 0
+    assert "greenlet is blocked by the test" in proc.stderr
