@@ -1,6 +1,6 @@
 """Quickstart: Core on SQLite, the same program on asyncio and on trio.
 
-    python examples/quickstart.py [sqlite:///quickstart.db]
+python examples/quickstart.py [sqlite:///quickstart.db]
 """
 
 from __future__ import annotations

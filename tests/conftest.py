@@ -21,7 +21,9 @@ from sqlalchemy_anyio import AsyncEngine, create_async_engine
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
-PG_URL = os.environ.get("SQLALCHEMY_ANYIO_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+PG_URL = os.environ.get(
+    "SQLALCHEMY_ANYIO_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 MYSQL_URL = os.environ.get("SQLALCHEMY_ANYIO_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
 
 

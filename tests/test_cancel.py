@@ -6,6 +6,7 @@ import random
 import socket
 import threading
 import time
+
 import anyio
 import pytest
 import sqlalchemy as sa
@@ -15,7 +16,9 @@ from sqlalchemy_anyio import AsyncEngine, create_async_engine
 pytestmark = pytest.mark.anyio
 
 LONG_QUERY = {
-    "sqlite": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
+    "sqlite": (
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+    ),
     "postgresql": "SELECT pg_sleep(20)",
     "mysql": "SELECT SLEEP(20)",
 }

@@ -11,9 +11,8 @@ import anyio
 import pytest
 import sqlalchemy as sa
 
-from sqlalchemy_anyio import AsyncConnection, create_async_engine
-
 from conftest import IN_CI, url_for
+from sqlalchemy_anyio import AsyncConnection, create_async_engine
 
 pytestmark = pytest.mark.anyio
 

@@ -12,7 +12,7 @@ import threading
 import weakref
 from typing import (
     Any,
-    AsyncIterator,
+    AsyncGenerator,
     Awaitable,
     Callable,
     ClassVar,
@@ -36,7 +36,7 @@ _proxy_lock = threading.Lock()
 class ReversibleProxy(Generic[_PT]):
     """Remembers which async proxy wraps which sync target (weakly)."""
 
-    _proxy_objects: ClassVar[Dict["weakref.ref[Any]", "weakref.ref[ReversibleProxy[Any]]"]] = {}
+    _proxy_objects: ClassVar[Dict[weakref.ref[Any], weakref.ref[ReversibleProxy[Any]]]] = {}
     __slots__ = ("__weakref__",)
 
     def _assign_proxied(self, target: _T) -> _T:
@@ -47,7 +47,7 @@ class ReversibleProxy(Generic[_PT]):
         return target
 
     @staticmethod
-    def _target_gced(ref: "weakref.ref[Any]") -> None:
+    def _target_gced(ref: weakref.ref[Any]) -> None:
         with _proxy_lock:
             ReversibleProxy._proxy_objects.pop(ref, None)
 
@@ -106,8 +106,8 @@ class StartableContext(Awaitable[_T_co]):
 
     def _raise_for_not_started(self) -> NoReturn:
         raise async_exc.AsyncContextNotStarted(
-            "%s context has not been started and object has not been awaited."
-            % (self.__class__.__name__)
+            f"{self.__class__.__name__} context has not been started and object "
+            "has not been awaited."
         )
 
 
@@ -116,7 +116,9 @@ class GeneratorStartableContext(StartableContext[_T_co]):
 
     __slots__ = ("gen",)
 
-    def __init__(self, func: Callable[..., AsyncIterator[_T_co]], args: Any, kwds: Any) -> None:
+    def __init__(
+        self, func: Callable[..., AsyncGenerator[_T_co, Any]], args: Any, kwds: Any
+    ) -> None:
         self.gen = func(*args, **kwds)
 
     async def start(self, is_ctxmanager: bool = False) -> _T_co:
@@ -156,7 +158,7 @@ class GeneratorStartableContext(StartableContext[_T_co]):
 
 
 def asyncstartablecontext(
-    func: Callable[..., AsyncIterator[_T_co]],
+    func: Callable[..., AsyncGenerator[_T_co, Any]],
 ) -> Callable[..., GeneratorStartableContext[_T_co]]:
     """Decorate an async generator so its call is awaitable or an ``async with``.
 

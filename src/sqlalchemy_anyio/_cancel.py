@@ -9,9 +9,12 @@ the *recoverer* on the worker to leave the connection in a known state.
 from __future__ import annotations
 
 import logging
+import threading
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from sqlalchemy.engine import Connection
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
 
 if TYPE_CHECKING:
     from ._bridge import Worker
@@ -32,9 +35,20 @@ def _psycopg2(conn: Connection, raw: Any) -> None:
     raw.cancel()
 
 
+_MYSQL_ID = "_sqlalchemy_anyio_thread_id"
+
+
+def _remember_mysql_id(dbapi_connection: Any, connection_record: Any) -> None:
+    """Pool ``connect`` hook: note the server's id for the connection while on
+    its own thread (mysqlclient refuses ``thread_id()`` from another thread)."""
+    setattr(dbapi_connection, _MYSQL_ID, dbapi_connection.thread_id())
+
+
 def _mysql(conn: Connection, raw: Any) -> None:
     """``KILL QUERY <id>`` on a side connection: MySQL drivers have no cancel."""
-    thread_id = raw.thread_id()
+    thread_id = getattr(raw, _MYSQL_ID, None)
+    if thread_id is None:
+        return
     dialect = conn.dialect
     cargs, cparams = dialect.create_connect_args(conn.engine.url)
     side = dialect.connect(*cargs, **cparams)
@@ -70,23 +84,48 @@ def interrupter_for(conn: Connection) -> Optional[Callable[[], None]]:
     return interrupter
 
 
-def recoverer_for(conn: Connection) -> Callable[[], None]:
-    """Roll back what a cancelled call left open; invalidate if that fails."""
+def recoverer_for(conn: Connection, worker: Worker) -> Callable[[], None]:
+    """Close streams and roll back what a cancelled call left open.
+
+    Open streaming cursors are closed first: SQLite keeps an interrupt
+    pending while any statement is active, and it would hit the next one.
+    If the rollback fails the DBAPI connection is invalidated.
+    """
 
     def recover() -> None:
+        for result in worker.take_streams():
+            try:
+                result._close_on_worker()
+            except Exception:  # noqa: BLE001 - the connection is reset below
+                log.debug("closing a stream after cancellation failed", exc_info=True)
         if conn.closed or conn.invalidated:
             return
         try:
             if conn.in_transaction():
                 conn.rollback()
-        except Exception:  # noqa: BLE001 - state unknown: drop the DBAPI connection
+        except Exception:
             log.debug("rollback after cancellation failed; invalidating", exc_info=True)
             conn.invalidate()
 
     return recover
 
 
+_installed: weakref.WeakSet[Engine] = weakref.WeakSet()
+_installed_lock = threading.Lock()
+
+
+def install_engine(engine: Engine) -> None:
+    """Register the hooks a driver's interrupter needs (once per engine)."""
+    if engine.dialect.driver not in ("pymysql", "mysqldb"):
+        return
+    with _installed_lock:
+        if engine in _installed:
+            return
+        _installed.add(engine)
+    event.listen(engine, "connect", _remember_mysql_id)
+
+
 def arm(worker: Worker, conn: Connection) -> None:
     """Make ``worker``'s cancellations interrupt and then recover ``conn``."""
     worker.interrupter = interrupter_for(conn)
-    worker.recover = recoverer_for(conn)
+    worker.recover = recoverer_for(conn, worker)

@@ -26,10 +26,22 @@ _SYNC_FOR_ASYNC: dict[tuple[str, str], tuple[tuple[str, str, str], ...]] = {
         ("psycopg2", "psycopg2", "psycopg2-binary"),
     ),
     ("postgresql", "psycopg_async"): (("psycopg", "psycopg", "psycopg[binary]"),),
-    ("mysql", "aiomysql"): (("pymysql", "pymysql", "PyMySQL"), ("mysqldb", "MySQLdb", "mysqlclient")),
-    ("mysql", "asyncmy"): (("pymysql", "pymysql", "PyMySQL"), ("mysqldb", "MySQLdb", "mysqlclient")),
-    ("mariadb", "aiomysql"): (("pymysql", "pymysql", "PyMySQL"), ("mysqldb", "MySQLdb", "mysqlclient")),
-    ("mariadb", "asyncmy"): (("pymysql", "pymysql", "PyMySQL"), ("mysqldb", "MySQLdb", "mysqlclient")),
+    ("mysql", "aiomysql"): (
+        ("pymysql", "pymysql", "PyMySQL"),
+        ("mysqldb", "MySQLdb", "mysqlclient"),
+    ),
+    ("mysql", "asyncmy"): (
+        ("pymysql", "pymysql", "PyMySQL"),
+        ("mysqldb", "MySQLdb", "mysqlclient"),
+    ),
+    ("mariadb", "aiomysql"): (
+        ("pymysql", "pymysql", "PyMySQL"),
+        ("mysqldb", "MySQLdb", "mysqlclient"),
+    ),
+    ("mariadb", "asyncmy"): (
+        ("pymysql", "pymysql", "PyMySQL"),
+        ("mysqldb", "MySQLdb", "mysqlclient"),
+    ),
     ("oracle", "oracledb_async"): (("oracledb", "oracledb", "oracledb"),),
     ("mssql", "aioodbc"): (("pyodbc", "pyodbc", "pyodbc"),),
 }
@@ -66,7 +78,9 @@ def to_sync_url(url: Union[str, URL]) -> URL:
                     u.drivername,
                 )
             return new
-    needs = " or ".join(f"pip install {req!r} (then use {backend}+{d}://)" for d, _, req in candidates)
+    needs = " or ".join(
+        f"pip install {req!r} (then use {backend}+{d}://)" for d, _, req in candidates
+    )
     raise exc.ArgumentError(
         f"The async driver {driver!r} in {u.drivername!r} cannot be used by sqlalchemy_anyio, "
         f"which runs synchronous drivers on worker threads, and no synchronous driver for "

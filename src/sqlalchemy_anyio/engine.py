@@ -9,24 +9,24 @@ from __future__ import annotations
 
 import contextlib
 import threading
-
-import anyio
 import weakref
 from typing import (
     TYPE_CHECKING,
     Any,
+    AsyncGenerator,
     AsyncIterator,
     Callable,
     Dict,
     Generator,
-    Mapping,
     NoReturn,
     Optional,
     TypeVar,
     Union,
 )
 
-from sqlalchemy import exc, pool as sa_pool
+import anyio
+from sqlalchemy import exc
+from sqlalchemy import pool as sa_pool
 from sqlalchemy import util as sa_util
 from sqlalchemy.engine import Connection, Engine, Result, Transaction
 from sqlalchemy.engine import create_engine as _create_engine
@@ -139,7 +139,7 @@ def _sqlite_defaults(url: URL, kw: Dict[str, Any]) -> None:
 # --------------------------------------------------------------------------
 # workers per engine
 
-_pools: "weakref.WeakKeyDictionary[Engine, WorkerPool]" = weakref.WeakKeyDictionary()
+_pools: weakref.WeakKeyDictionary[Engine, WorkerPool] = weakref.WeakKeyDictionary()
 _pools_lock = threading.Lock()
 
 
@@ -200,7 +200,7 @@ async def lease_worker(engine: Engine) -> Worker:
 class AsyncConnectable:
     """Common base of AsyncEngine and AsyncConnection."""
 
-    __slots__ = ("__weakref__", "_slots_dispatch")
+    __slots__ = ()
 
     @classmethod
     def _no_async_engine_events(cls) -> NoReturn:
@@ -221,6 +221,7 @@ class AsyncEngine(ProxyComparable[Engine], AsyncConnectable):
     def __init__(self, sync_engine: Engine) -> None:
         self.sync_engine = self._assign_proxied(sync_engine)
         _guard.install_engine(sync_engine)
+        _cancel.install_engine(_root_engine(sync_engine))
 
     @property
     def _proxied(self) -> Engine:
@@ -343,7 +344,7 @@ class AsyncConnection(
 ):
     """An async proxy for a :class:`~sqlalchemy.engine.Connection`."""
 
-    __slots__ = ("engine", "sync_engine", "sync_connection", "_worker", "_owns_worker")
+    __slots__ = ("_owns_worker", "_worker", "engine", "sync_connection", "sync_engine")
 
     def __init__(
         self,
@@ -404,6 +405,7 @@ class AsyncConnection(
         """Run to completion even if cancelled: transaction ends, close."""
         with anyio.CancelScope(shield=True):
             return await self._call(fn, *args)
+        raise AssertionError("unreachable: a shielded scope swallows nothing")
 
     @property
     def connection(self) -> NoReturn:
@@ -423,6 +425,10 @@ class AsyncConnection(
         """The ``info`` dictionary of the underlying DBAPI connection."""
         return self._proxied.info
 
+    def _check_started(self) -> None:
+        if self.sync_connection is None:
+            self._raise_for_not_started()
+
     @property
     def _proxied(self) -> Connection:
         if self.sync_connection is None:
@@ -431,12 +437,12 @@ class AsyncConnection(
 
     def begin(self) -> AsyncTransaction:
         """Begin a transaction; await it or use ``async with``."""
-        self._proxied
+        self._check_started()
         return AsyncTransaction(self)
 
     def begin_nested(self) -> AsyncTransaction:
         """Begin a nested transaction (SAVEPOINT); await it or ``async with``."""
-        self._proxied
+        self._check_started()
         return AsyncTransaction(self, nested=True)
 
     async def invalidate(self, exception: Optional[BaseException] = None) -> None:
@@ -531,7 +537,7 @@ class AsyncConnection(
         parameters: Optional[_CoreAnyExecuteParams] = None,
         *,
         execution_options: Optional[CoreExecuteOptionsParameter] = None,
-    ) -> AsyncIterator[AsyncResult[Any]]:
+    ) -> AsyncGenerator[AsyncResult[Any], None]:
         """Execute and return an :class:`AsyncResult` that fetches in batches.
 
         Uses a server-side cursor where the dialect has one.  Await it, or use
@@ -543,7 +549,7 @@ class AsyncConnection(
             parameters,
             execution_options=sa_util.EMPTY_DICT.merge_with(execution_options, _STREAM_OPTIONS),
         )
-        ar = AsyncResult(result, self._require_worker())
+        ar: AsyncResult[Any] = AsyncResult(result, self._require_worker())
         try:
             yield ar
         except GeneratorExit:
@@ -596,8 +602,9 @@ class AsyncConnection(
         parameters: Optional[_CoreAnyExecuteParams] = None,
         *,
         execution_options: Optional[CoreExecuteOptionsParameter] = None,
-    ) -> AsyncIterator[AsyncScalarResult[Any]]:
+    ) -> AsyncGenerator[AsyncScalarResult[Any], None]:
         """Like :meth:`stream`, yielding an :class:`AsyncScalarResult`."""
+        result: AsyncResult[Any]
         async with self.stream(
             statement, parameters, execution_options=execution_options
         ) as result:
@@ -666,12 +673,10 @@ def _close_quietly(connection: Connection) -> None:
 # AsyncTransaction
 
 
-class AsyncTransaction(
-    ProxyComparable[Transaction], StartableContext["AsyncTransaction"]
-):
+class AsyncTransaction(ProxyComparable[Transaction], StartableContext["AsyncTransaction"]):
     """An async proxy for a :class:`~sqlalchemy.engine.Transaction`."""
 
-    __slots__ = ("connection", "sync_transaction", "nested")
+    __slots__ = ("connection", "nested", "sync_transaction")
 
     def __init__(self, connection: AsyncConnection, nested: bool = False) -> None:
         self.connection = connection

@@ -25,8 +25,7 @@ from sqlalchemy import exc
 from sqlalchemy.engine import FrozenResult, Result, Row, RowMapping
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine.result import _KeyIndexType, _UniqueFilterType
-    from sqlalchemy.engine.result import RMKeyView
+    from sqlalchemy.engine.result import RMKeyView, _KeyIndexType, _UniqueFilterType
 
     from ._bridge import Worker
 
@@ -40,11 +39,12 @@ ITERATION_BATCH = 100
 class AsyncCommon(Generic[_R]):
     """What all async result kinds share: the sync result, its worker, a row buffer."""
 
-    __slots__ = ("_real_result", "_view", "_worker", "_buffer")
+    __slots__ = ("__weakref__", "_buffer", "_real_result", "_view", "_worker")
 
     def __init__(self, real_result: Result[Any], view: Any, worker: Worker) -> None:
         #: The sync Result whose cursor this reads (closed by close()).
         self._real_result = real_result
+        worker.track_stream(self)
         #: The sync object fetched from: the Result, or its scalars()/mappings().
         self._view = view
         self._worker = worker
@@ -56,6 +56,10 @@ class AsyncCommon(Generic[_R]):
         self._buffer.clear()
         await self._worker.call(self._real_result.close)
 
+    def _close_on_worker(self) -> None:
+        """Close the sync result; called on the worker by a cancellation's recovery."""
+        self._real_result.close()
+
     async def _close_shielded(self) -> None:
         with anyio.CancelScope(shield=True):
             await self.close()
@@ -63,7 +67,7 @@ class AsyncCommon(Generic[_R]):
     @property
     def closed(self) -> bool:
         """Whether the underlying result is closed."""
-        return bool(self._real_result.closed)  # type: ignore[attr-defined]
+        return bool(self._real_result.closed)
 
     def _reshape_check(self) -> None:
         if self._buffer:
@@ -120,7 +124,7 @@ class AsyncCommon(Generic[_R]):
 
     async def __anext__(self) -> _R:
         if not self._buffer:
-            batch = self._real_result._yield_per or ITERATION_BATCH  # type: ignore[attr-defined]
+            batch = self._real_result._yield_per or ITERATION_BATCH
             rows = await self._worker.call(self._view.fetchmany, batch)
             if not rows:
                 raise StopAsyncIteration()
@@ -133,17 +137,17 @@ class AsyncCommon(Generic[_R]):
             row = self._buffer.popleft()
             await self.close()
             return row
-        return await self._worker.call(self._view.first)  # type: ignore[no-any-return]
+        return await self._worker.call(self._view.first)
 
     async def one_or_none(self) -> Optional[_R]:
         """At most one row, or raise if there are more."""
         self._unbuffer_for_exactness()
-        return await self._worker.call(self._view.one_or_none)  # type: ignore[no-any-return]
+        return await self._worker.call(self._view.one_or_none)
 
     async def one(self) -> _R:
         """Exactly one row, or raise."""
         self._unbuffer_for_exactness()
-        return await self._worker.call(self._view.one)  # type: ignore[no-any-return]
+        return await self._worker.call(self._view.one)
 
     def _unbuffer_for_exactness(self) -> None:
         if self._buffer:
@@ -158,10 +162,14 @@ class _WithKeys:
 
     def keys(self) -> RMKeyView:
         """The column names of the rows."""
-        return self._view.keys()  # type: ignore[no-any-return]
+        keys: RMKeyView = self._view.keys()
+        return keys
 
 
-class AsyncResult(_WithKeys, AsyncCommon[Row[Any]]):
+_TP = TypeVar("_TP", bound=Any)
+
+
+class AsyncResult(_WithKeys, AsyncCommon[Row[Any]], Generic[_TP]):
     """An async wrapper around a streaming :class:`~sqlalchemy.engine.Result`."""
 
     __slots__ = ()
@@ -178,19 +186,19 @@ class AsyncResult(_WithKeys, AsyncCommon[Row[Any]]):
         """Same rows, typed as tuples."""
         return AsyncTupleResult(self._real_result, self._view, self._worker)
 
-    def unique(self, strategy: Optional[_UniqueFilterType] = None) -> AsyncResult:
+    def unique(self, strategy: Optional[_UniqueFilterType] = None) -> AsyncResult[_TP]:
         """De-duplicate rows (or objects) in Python; returns this result."""
         self._reshape_check()
         self._view = self._view.unique(strategy)
         return self
 
-    def columns(self, *col_expressions: _KeyIndexType) -> AsyncResult:
+    def columns(self, *col_expressions: _KeyIndexType) -> AsyncResult[_TP]:
         """Limit each row to the given columns; returns this result."""
         self._reshape_check()
         self._view = self._view.columns(*col_expressions)
         return self
 
-    def yield_per(self, num: int) -> AsyncResult:
+    def yield_per(self, num: int) -> AsyncResult[_TP]:
         """Fetch ``num`` rows per batch; returns this result."""
         self._view = self._view.yield_per(num)
         return self
@@ -199,7 +207,7 @@ class AsyncResult(_WithKeys, AsyncCommon[Row[Any]]):
         """The next row, or None."""
         if self._buffer:
             return self._buffer.popleft()
-        return await self._worker.call(self._view.fetchone)  # type: ignore[no-any-return]
+        return await self._worker.call(self._view.fetchone)
 
     async def scalar_one(self) -> Any:
         """Exactly one row's first column."""
@@ -222,7 +230,7 @@ class AsyncResult(_WithKeys, AsyncCommon[Row[Any]]):
     async def freeze(self) -> FrozenResult[Any]:
         """A :class:`~sqlalchemy.engine.FrozenResult` of the remaining rows."""
         self._reshape_check()
-        return await self._worker.call(self._view.freeze)  # type: ignore[no-any-return]
+        return await self._worker.call(self._view.freeze)
 
     def scalars(self, index: _KeyIndexType = 0) -> AsyncScalarResult[Any]:
         """An :class:`AsyncScalarResult` of one column of each row."""
@@ -268,10 +276,10 @@ class AsyncMappingResult(_WithKeys, AsyncCommon[RowMapping]):
         """The next mapping, or None."""
         if self._buffer:
             return self._buffer.popleft()
-        return await self._worker.call(self._view.fetchone)  # type: ignore[no-any-return]
+        return await self._worker.call(self._view.fetchone)
 
 
-class AsyncTupleResult(AsyncResult):
+class AsyncTupleResult(AsyncResult[_TP]):
     """An :class:`AsyncResult` typed as plain tuples."""
 
     __slots__ = ()

@@ -45,14 +45,32 @@ class Worker:
         #: Set by the lessee: run on this worker after a cancelled call was
         #: interrupted, to leave the connection in a known state.
         self.recover: Optional[Callable[[], None]] = None
+        #: Streaming results open on this worker, closed by a recovery.
+        self._streams: list[weakref.ref[Any]] = []
+        self._streams_lock = threading.Lock()
         #: True once a call outlived its cancellation grace: never reuse.
         self.broken = False
         self._channel = _impl.Channel()
         self._exited = _impl.Job()
+        #: Calls left before the loop tries spinning again, and the back-off
+        #: after a spin that missed (the calls here take longer than the budget).
+        self._spin_skip = self._spin_backoff = 0
         self._thread = threading.Thread(
             target=self._run, name=f"sqlalchemy-anyio-worker-{next(_names)}", daemon=True
         )
         self._thread.start()
+
+    def track_stream(self, result: Any) -> None:
+        """Remember an open streaming result (closed if a call is cancelled)."""
+        with self._streams_lock:
+            self._streams = [r for r in self._streams if r() is not None]
+            self._streams.append(weakref.ref(result))
+
+    def take_streams(self) -> list[Any]:
+        """The open streaming results, forgetting them."""
+        with self._streams_lock:
+            refs, self._streams = self._streams, []
+        return [r for r in (ref() for ref in refs) if r is not None]
 
     @property
     def ident(self) -> Optional[int]:
@@ -63,14 +81,8 @@ class Worker:
 
     def _run(self) -> None:
         _local.worker = self
-        get = self._channel.get
         try:
-            while True:
-                job = get()
-                if job is None:
-                    break
-                job.run()
-                del job
+            self._channel.serve()
         finally:
             self._exited.set()
 
@@ -102,9 +114,14 @@ class Worker:
             return fn(*args, **kwargs)
         job = _impl.Job(fn, args, kwargs)
         self._channel.put(job)
-        if job.spin_wait(_impl.LOOP_SPIN):
-            await _impl.checkpoint()
-            return job.outcome()  # type: ignore[no-any-return]
+        if self._spin_skip:
+            self._spin_skip -= 1
+        elif _impl.LOOP_SPIN and _impl.loop_is_idle():
+            if job.spin_wait(_impl.LOOP_SPIN):
+                self._spin_backoff = 0
+                await _impl.checkpoint()  # cancellation and fairness as usual
+                return job.outcome()  # type: ignore[no-any-return]
+            self._spin_skip = self._spin_backoff = min(2 * self._spin_backoff + 1, 63)
         try:
             await _impl.wait(job)
         except BaseException:
@@ -117,6 +134,7 @@ class Worker:
         """Like :meth:`call`, but run to completion even if cancelled (close, rollback)."""
         with anyio.CancelScope(shield=True):
             return await self.call(fn, *args, **kwargs)
+        raise AssertionError("unreachable: a shielded scope swallows nothing")
 
     async def call_or_abandon(
         self, cleanup: Callable[[_T], object], fn: Callable[..., _T], *args: Any
@@ -238,6 +256,7 @@ class WorkerPool:
     def release(self, worker: Worker) -> None:
         """Give a worker back; any thread, any loop.  Never blocks."""
         worker.interrupter = worker.recover = None
+        worker.take_streams()
         with self._lock:
             if not worker.broken and worker.generation == self._generation:
                 if self._waiters:
