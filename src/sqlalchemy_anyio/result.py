@@ -23,6 +23,7 @@ from typing import (
 import anyio
 from sqlalchemy import exc
 from sqlalchemy.engine import FrozenResult, Result, Row, RowMapping
+from sqlalchemy.util.typing import Self
 
 if TYPE_CHECKING:
     from sqlalchemy.engine.result import RMKeyView, _KeyIndexType, _UniqueFilterType
@@ -100,6 +101,11 @@ class AsyncCommon(Generic[_R]):
             if not part:
                 break
             yield part
+
+    def yield_per(self, num: int) -> Self:
+        """Fetch ``num`` rows per batch; returns this result."""
+        self._view = self._view.yield_per(num)
+        return self
 
     async def fetchall(self) -> Sequence[_R]:
         """All remaining rows, as a list."""
@@ -196,11 +202,6 @@ class AsyncResult(_WithKeys, AsyncCommon[Row[Any]], Generic[_TP]):
         """Limit each row to the given columns; returns this result."""
         self._reshape_check()
         self._view = self._view.columns(*col_expressions)
-        return self
-
-    def yield_per(self, num: int) -> AsyncResult[_TP]:
-        """Fetch ``num`` rows per batch; returns this result."""
-        self._view = self._view.yield_per(num)
         return self
 
     async def fetchone(self) -> Optional[Row[Any]]:
