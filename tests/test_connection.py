@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Result
 from sqlalchemy.pool import PoolProxiedConnection
 
-from sqlalchemy_anyio import AsyncConnection, AsyncEngine, AsyncResult, AsyncTransaction
+from sqlalchemy_anyio import AsyncEngine, AsyncResult, AsyncTransaction
 
 pytestmark = pytest.mark.anyio
 

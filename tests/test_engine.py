@@ -272,9 +272,7 @@ async def test_engine_and_connection_proxies_compare_and_hash(engine: AsyncEngin
     assert engine != "not an engine"
 
 
-async def test_engine_usable_from_other_engine_copies(
-    engine: AsyncEngine, table: sa.Table
-) -> None:
+async def test_engine_usable_from_other_engine_copies(engine: AsyncEngine, table: sa.Table) -> None:
     """Copies made by execution_options() share the pool and see the same data."""
     tagged = engine.execution_options(eng_tag="t")
     async with tagged.begin() as conn:

@@ -94,7 +94,7 @@ def test_core_round_trip_with_greenlet_blocked(backend: str, tmp_path: Path) -> 
 
 def test_blocker_really_blocks() -> None:
     """The finder used above does stop an import of greenlet (it is installed here)."""
-    code = SCRIPT.split("assert \"greenlet\" not in sys.modules", 1)[0] + "import greenlet\n"
+    code = SCRIPT.split('assert "greenlet" not in sys.modules', 1)[0] + "import greenlet\n"
     proc = subprocess.run(
         [sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=60
     )

@@ -35,7 +35,8 @@ async def table(engine: AsyncEngine, metadata: sa.MetaData) -> AsyncIterator[sa.
     )
     async with engine.begin() as conn:
         await conn.run_sync(metadata.create_all)
-        await conn.execute(t.insert(), [dict(zip(("id", "name", "score"), r)) for r in DATA])
+        rows = [dict(zip(("id", "name", "score"), r, strict=True)) for r in DATA]
+        await conn.execute(t.insert(), rows)
     try:
         yield t
     finally:

@@ -79,9 +79,7 @@ async def test_tasks_share_one_database(url: str, metadata: sa.MetaData) -> None
     "loses the database, even a segfault). Unskip once such engines serialize use."
 )
 @pytest.mark.parametrize("url", MEMORY_URLS)
-async def test_concurrent_connections_share_one_database(
-    url: str, metadata: sa.MetaData
-) -> None:
+async def test_concurrent_connections_share_one_database(url: str, metadata: sa.MetaData) -> None:
     table = _table(metadata)
     engine = create_async_engine(url)
     try:

@@ -9,11 +9,11 @@ import pytest
 import sqlalchemy as sa
 
 from sqlalchemy_anyio import (
+    _urls,
     async_engine_from_config,
     create_async_engine,
     create_async_pool_from_url,
 )
-from sqlalchemy_anyio import _urls
 
 pytestmark = pytest.mark.anyio
 
@@ -97,13 +97,13 @@ _ASYNC_FOR = {
 }
 
 
-async def test_async_server_url_queries(
-    server_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_async_server_url_queries(server_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     sync_url = sa.make_url(server_url)
     async_drivername, hidden = _ASYNC_FOR[sync_url.drivername]
     installed = _urls._installed
-    monkeypatch.setattr(_urls, "_installed", lambda module: module not in hidden and installed(module))
+    monkeypatch.setattr(
+        _urls, "_installed", lambda module: module not in hidden and installed(module)
+    )
     engine = create_async_engine(sync_url.set(drivername=async_drivername))
     try:
         assert engine.url.drivername == sync_url.drivername
