@@ -1,0 +1,375 @@
+"""Side-by-side benchmark: sync SQLAlchemy, the official asyncio extension, sqlalchemy_anyio.
+
+    python benchmarks/run.py [--quick] [--servers | --pg-url URL --mysql-url URL]
+
+Everything is measured in one run on one machine:
+
+* ``sync``: plain SQLAlchemy with the sync driver, in this process, no event loop;
+* ``official``: ``sqlalchemy.ext.asyncio`` (aiosqlite / asyncpg / aiomysql) in a
+  subprocess, so greenlet never enters this process; asyncio and uvloop only;
+* ``anyio-C``: sqlalchemy_anyio with the C bridge, in this process;
+* ``anyio-py``: sqlalchemy_anyio with the pure-Python bridge, in a subprocess
+  with ``SQLALCHEMY_ANYIO_NO_CEXT=1``;
+
+each async one on asyncio, uvloop and trio (the official extension: asyncio and
+uvloop).  Output: a table on stdout, ``benchmarks/results/latest.json`` and
+``benchmarks/chart.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import faulthandler
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from typing import Any, Dict, List, Optional
+
+import sqlalchemy as sa
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import _workload as w  # noqa: E402
+
+DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+DEFAULT_MYSQL_URL = "mysql+pymysql://root@127.0.0.1:3306/test"
+
+SCENARIOS = ["point", "page", "orm100", "concurrent", "lag"]
+TITLES = {
+    "point": "point select",
+    "page": "100-row page",
+    "orm100": "ORM 100 objects",
+    "concurrent": "16 tasks / 8 conns",
+    "lag": "ORM 40k load",
+}
+IMPLS = ["sync", "official", "anyio-C", "anyio-py"]
+BACKENDS = ["asyncio", "uvloop", "trio"]
+
+# SQLAlchemy driver names per database kind and implementation
+DRIVERS = {
+    "sqlite": {"sync": "sqlite", "official": "sqlite+aiosqlite", "anyio": "sqlite"},
+    "postgresql": {
+        "sync": "postgresql+psycopg",
+        "official": "postgresql+asyncpg",
+        "anyio": "postgresql+psycopg",
+    },
+    "mysql": {"sync": "mysql+pymysql", "official": "mysql+aiomysql", "anyio": "mysql+pymysql"},
+}
+
+
+def url_for(base: str, kind: str, impl: str) -> str:
+    drivers = DRIVERS[kind]
+    name = drivers["anyio" if impl.startswith("anyio") else impl]
+    return sa.make_url(base).set(drivername=name).render_as_string(hide_password=False)
+
+
+# ---------------------------------------------------------------------------
+# one implementation on one loop on one database (in this process or a child)
+
+
+def run_one(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """Measure one (implementation, loop, database); returns its record."""
+    cfg = w.Config(**spec["cfg"])
+    impl, backend, kind = spec["impl"], spec["backend"], spec["kind"]
+    record: Dict[str, Any] = {
+        "db": kind,
+        "impl": impl,
+        "backend": backend,
+        "url": sa.make_url(spec["url"]).render_as_string(hide_password=True),
+        "driver": sa.make_url(spec["url"]).drivername,
+        "scenarios": {},
+        "notes": [],
+        "pid": os.getpid(),
+    }
+    t0 = time.perf_counter()
+    try:
+        if impl == "sync":
+            record["scenarios"] = w.run_sync(spec["url"], cfg, spec["scenarios"])
+        else:
+            import anyio
+
+            if impl == "official":
+                import sqlalchemy.ext.asyncio as mod
+            else:
+                import sqlalchemy_anyio as mod
+                from sqlalchemy_anyio import _bridge
+
+                record["accelerated"] = _bridge.ACCELERATED
+
+            async def main() -> None:
+                record["scenarios"] = await w.run_async(
+                    mod, spec["url"], cfg, spec["scenarios"], record["notes"]
+                )
+                if spec.get("cancel"):
+                    try:
+                        record["cancel"] = await w.run_cancel(
+                            mod, spec["url"], kind, spec.get("sync_url"), cfg
+                        )
+                    except Exception as exc:  # noqa: BLE001 - reported in the table
+                        record["cancel"] = {"failed": f"{type(exc).__name__}: {exc}"[:300]}
+
+            options = {"use_uvloop": True} if backend == "uvloop" else {}
+            anyio.run(main, backend="trio" if backend == "trio" else "asyncio",
+                      backend_options=options)  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - one failure must not sink the run
+        record["error"] = f"{type(exc).__name__}: {exc}"[:500]
+    record["seconds"] = time.perf_counter() - t0
+    record["greenlet_loaded"] = "greenlet" in sys.modules
+    return record
+
+
+def child_main(spec_json: str) -> None:
+    spec = json.loads(spec_json)
+    # A hang must still leave a trace: dump every thread's stack before the
+    # parent gives up on this child.
+    faulthandler.dump_traceback_later(max(5.0, spec["timeout"] - 5.0), exit=True)
+    record = run_one(spec)
+    with open(spec["out"], "w") as f:
+        json.dump(record, f)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The official extension may leave a driver thread running a cancelled
+    # query (aiosqlite): don't wait for it at exit.
+    os._exit(0)
+
+
+def run_child(spec: Dict[str, Any], env_extra: Dict[str, str], timeout: float) -> Dict[str, Any]:
+    fd, out = tempfile.mkstemp(prefix="bench_", suffix=".json")
+    os.close(fd)
+    spec = dict(spec, out=out, timeout=timeout)
+    env = dict(os.environ, **env_extra)
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, env=env, timeout=timeout, capture_output=True, text=True)
+        with open(out) as f:
+            text = f.read()
+        if proc.returncode != 0 or not text:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-12:]
+            return _failed(spec, f"child exited {proc.returncode}: {' | '.join(tail)}")
+        return json.loads(text)  # type: ignore[no-any-return]
+    except subprocess.TimeoutExpired as exc:
+        err = exc.stderr.decode() if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+        tail = " | ".join(err.strip().splitlines()[-12:])
+        return _failed(spec, f"child timed out after {timeout:.0f} s: {tail}")
+    finally:
+        os.unlink(out)
+
+
+def _failed(spec: Dict[str, Any], error: str) -> Dict[str, Any]:
+    return {
+        "db": spec["kind"], "impl": spec["impl"], "backend": spec["backend"],
+        "scenarios": {}, "notes": [], "error": error,
+    }  # fmt: skip
+
+
+# ---------------------------------------------------------------------------
+# the run
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="fewer, shorter rounds (~1 minute)")
+    p.add_argument("--pg-url", default=os.environ.get("SQLALCHEMY_ANYIO_PG_URL"))
+    p.add_argument("--mysql-url", default=os.environ.get("SQLALCHEMY_ANYIO_MYSQL_URL"))
+    p.add_argument(
+        "--servers", action="store_true",
+        help=f"use the local test servers ({DEFAULT_PG_URL}, {DEFAULT_MYSQL_URL}) "
+        "where no URL is given",
+    )  # fmt: skip
+    p.add_argument("--db", default="sqlite,postgresql,mysql", help="databases to run (comma list)")
+    p.add_argument("--impl", default=",".join(IMPLS), help="implementations (comma list)")
+    p.add_argument("--backend", default=",".join(BACKENDS), help="event loops (comma list)")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS), help="scenarios (comma list)")
+    p.add_argument("--no-cancel", action="store_true", help="skip the cancellation figures")
+    p.add_argument("--rounds", type=int, help="timed rounds per scenario")
+    p.add_argument("--round-time", type=float, help="seconds per timed round")
+    p.add_argument("--objects", type=int, help="objects in the big ORM load (default 40000)")
+    p.add_argument("--json", default=os.path.join(HERE, "results", "latest.json"))
+    p.add_argument("--chart", default=os.path.join(HERE, "chart.png"))
+    p.add_argument("--no-chart", action="store_true")
+    p.add_argument("--child-timeout", type=float, default=240.0)
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def _csv(value: str, allowed: List[str], what: str) -> List[str]:
+    items = [x.strip() for x in value.split(",") if x.strip()]
+    bad = [x for x in items if x not in allowed]
+    if bad:
+        sys.exit(f"unknown {what}: {', '.join(bad)} (choose from {', '.join(allowed)})")
+    return items
+
+
+def _reachable(url: str) -> Optional[str]:
+    try:
+        engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        engine.dispose()
+        return None
+    except Exception as exc:  # noqa: BLE001 - reported as the skip reason
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        child_main(args.child)
+        return 0
+    cfg = w.Config.quick() if args.quick else w.Config()
+    if args.rounds:
+        cfg.rounds = args.rounds
+    if args.round_time:
+        cfg.round_time = args.round_time
+    if args.objects:
+        cfg.objects = args.objects
+    dbs = _csv(args.db, ["sqlite", "postgresql", "mysql"], "database")
+    impls = _csv(args.impl, IMPLS, "implementation")
+    backends = _csv(args.backend, BACKENDS, "event loop")
+    scenarios = _csv(args.scenarios, SCENARIOS, "scenario")
+
+    skipped: List[str] = []
+    bases: Dict[str, str] = {}
+    tmpdir = tempfile.mkdtemp(prefix="bench_sqlite_")
+    if "sqlite" in dbs:
+        bases["sqlite"] = f"sqlite:///{os.path.join(tmpdir, 'bench.db')}"
+    pg = args.pg_url or (DEFAULT_PG_URL if args.servers else None)
+    my = args.mysql_url or (DEFAULT_MYSQL_URL if args.servers else None)
+    for kind, base in (("postgresql", pg), ("mysql", my)):
+        if kind not in dbs:
+            continue
+        if not base:
+            skipped.append(f"{kind}: no URL (pass --{'pg' if kind == 'postgresql' else 'mysql'}-url "
+                           "or --servers)")  # fmt: skip
+            continue
+        problem = _reachable(url_for(base, kind, "sync"))
+        if problem:
+            skipped.append(f"{kind}: unreachable ({problem})")
+            continue
+        bases[kind] = base
+
+    import sqlalchemy_anyio
+    from sqlalchemy_anyio import _bridge
+
+    accelerated = _bridge.ACCELERATED
+    if "anyio-C" in impls and not accelerated:
+        skipped.append(
+            "anyio-C: the C bridge is not built (or SQLALCHEMY_ANYIO_NO_CEXT is set): "
+            "only the Python bridge was measured"
+        )
+        impls = [i for i in impls if i != "anyio-C"]
+    has_orm = hasattr(sqlalchemy_anyio, "AsyncSession")
+    if not has_orm:
+        skipped.append("sqlalchemy_anyio.AsyncSession is missing: ORM scenarios skipped for anyio")
+
+    started = time.time()
+    load_before = os.getloadavg()
+    print(
+        f"benchmark: {'quick' if args.quick else 'full'} run, {cfg.rounds} rounds of "
+        f"~{cfg.round_time * 1e3:.0f} ms per scenario, median per-op time; "
+        f"load average at start {load_before[0]:.2f}",
+        flush=True,
+    )
+    records: List[Dict[str, Any]] = []
+    try:
+        for kind, base in bases.items():
+            print(f"== preparing {kind}: bench_rows ({w.ROWS}), bench_objs ({cfg.objects})",
+                  flush=True)  # fmt: skip
+            w.setup_database(url_for(base, kind, "sync"), cfg.objects)
+            plan = _plan(kind, impls, backends)
+            for impl, backend in plan:
+                spec = {
+                    "impl": impl,
+                    "backend": backend,
+                    "kind": kind,
+                    "url": url_for(base, kind, impl),
+                    "sync_url": url_for(base, kind, "sync"),
+                    "cfg": asdict(cfg),
+                    "scenarios": scenarios,
+                    "cancel": not args.no_cancel and impl != "sync"
+                    and (impl != "official" or backend == "asyncio"),
+                }
+                label = f"{impl}/{backend}" if backend else impl
+                print(f"   {kind:<10} {label:<18}", end=" ", flush=True)
+                if impl in ("sync", "anyio-C"):
+                    record = run_one(spec)
+                else:
+                    env = {"SQLALCHEMY_ANYIO_NO_CEXT": "1"} if impl == "anyio-py" else {}
+                    record = run_child(spec, env, args.child_timeout)
+                records.append(record)
+                status = record.get("error") or "ok"
+                print(f"{record.get('seconds', 0):6.1f} s  {status}", flush=True)
+            if kind != "sqlite":
+                w.drop_tables(url_for(base, kind, "sync"))
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+    greenlet_here = "greenlet" in sys.modules
+    result = {
+        "meta": {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "mode": "quick" if args.quick else "full",
+            "config": asdict(cfg),
+            "environment": w.environment(),
+            "accelerated_in_main": accelerated,
+            "greenlet_in_main_process": greenlet_here,
+            "load_average_start": load_before,
+            "load_average_end": os.getloadavg(),
+            "wall_seconds": time.time() - started,
+            "commit": _git_commit(),
+            "skipped": skipped,
+            "databases": {k: sa.make_url(v).render_as_string(hide_password=True)
+                          for k, v in bases.items()},  # fmt: skip
+        },
+        "results": records,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(result, f, indent=1)
+
+    import _report
+
+    print()
+    print(_report.render(result))
+    if not args.no_chart:
+        try:
+            _report.chart(result, args.chart)
+            print(f"chart: {os.path.relpath(args.chart)}")
+        except ImportError as exc:
+            print(f"chart skipped: {exc}")
+    print(f"json: {os.path.relpath(args.json)}")
+    return 0
+
+
+def _plan(kind: str, impls: List[str], backends: List[str]) -> List[tuple]:
+    plan: List[tuple] = []
+    for impl in impls:
+        if impl == "sync":
+            plan.append(("sync", None))
+            continue
+        for backend in backends:
+            if impl == "official" and backend == "trio":
+                continue  # the official extension runs on asyncio only
+            plan.append((impl, backend))
+    return plan
+
+
+def _git_commit() -> Optional[str]:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True
+        )
+        return out.stdout.strip() or None
+    except OSError:
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

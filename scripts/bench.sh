@@ -1,0 +1,22 @@
+#!/bin/sh
+# Set up a virtualenv with the pinned benchmark requirements and run the
+# benchmark suite (sync SQLAlchemy vs the official asyncio extension vs
+# sqlalchemy_anyio with its C and Python bridges).
+#
+#   sh scripts/bench.sh [--quick] [--servers | --pg-url URL --mysql-url URL] [...]
+#
+# PYTHON (default python3) picks the interpreter, VENV (default .venv-bench)
+# the environment.  Results: a table on stdout, benchmarks/results/latest.json
+# and benchmarks/chart.png.  `sh scripts/bench.sh --help` lists the options.
+set -eu
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv-bench}
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+"$PY" -m pip install -q --disable-pip-version-check --upgrade pip
+"$PY" -m pip install -q --disable-pip-version-check -r requirements/bench.txt
+"$PY" -m pip install -q --disable-pip-version-check -e .
+exec "$PY" benchmarks/run.py "$@"
