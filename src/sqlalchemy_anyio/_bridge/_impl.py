@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any, Awaitable
+from typing import TYPE_CHECKING, Any, Awaitable
 
 from . import _asyncio
 
-if os.environ.get("SQLALCHEMY_ANYIO_NO_CEXT"):
+if TYPE_CHECKING:  # both offer the same interface (see _cbridge.pyi)
+    from ._native import Channel, Job
+
+    ACCELERATED: bool
+elif os.environ.get("SQLALCHEMY_ANYIO_NO_CEXT"):
     from ._native import Channel, Job
 
     ACCELERATED = False
 else:
     try:
-        from ._cbridge import Channel, Job  # type: ignore[no-redef]
+        from ._cbridge import Channel, Job
 
         ACCELERATED = True
     except ImportError:
@@ -27,10 +31,43 @@ else:
 
         ACCELERATED = False
 
-#: Seconds the loop side may wait, without yielding, for a call to finish.
-LOOP_SPIN = float(os.environ.get("SQLALCHEMY_ANYIO_LOOP_SPIN", "0") or 0)
+
+def _micros(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    value = float(raw) if raw.strip() else default
+    if not 0 <= value <= 1_000_000:
+        raise ValueError(f"{name} must be between 0 and 1000000 (microseconds), not {raw!r}")
+    return value / 1e6
+
+
+#: Seconds the loop side may wait, without the GIL and without yielding, for a
+#: call it just handed over, when no other task is ready.  Only the C bridge
+#: can wait without the GIL; the pure-Python one never spins.
+LOOP_SPIN = _micros("SQLALCHEMY_ANYIO_LOOP_SPIN_US", 150) if ACCELERATED else 0.0
 
 _get_running_loop = asyncio._get_running_loop
+#: Loop classes without an inspectable run queue (uvloop): never spin there.
+_opaque_loops: set[type] = set()
+
+
+def loop_is_idle() -> bool:
+    """True if no other task or callback is ready to run on this event loop.
+
+    Only then may the loop spin for a worker: spinning must never delay
+    somebody else's work.  When we cannot tell (uvloop), we say no.
+    """
+    loop = _get_running_loop()
+    if loop is not None:
+        if type(loop) in _opaque_loops:
+            return False
+        ready = getattr(loop, "_ready", None)  # asyncio's deque of ready handles
+        if ready is None:
+            _opaque_loops.add(type(loop))
+            return False
+        return not ready
+    import trio
+
+    return trio.lowlevel.current_statistics().tasks_runnable == 0
 
 
 def wait(job: Any) -> Awaitable[None]:
@@ -50,4 +87,4 @@ def checkpoint() -> Awaitable[None]:
     return trio.lowlevel.checkpoint()
 
 
-__all__ = ["ACCELERATED", "LOOP_SPIN", "Channel", "Job", "checkpoint", "wait"]
+__all__ = ["ACCELERATED", "LOOP_SPIN", "Channel", "Job", "checkpoint", "loop_is_idle", "wait"]

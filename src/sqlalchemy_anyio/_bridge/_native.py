@@ -112,3 +112,13 @@ class Channel:
 
     def get(self) -> Optional[Job]:
         return self._queue.get()
+
+    def serve(self) -> None:
+        """The worker's loop: run queued jobs, in order, until ``None``."""
+        get = self._queue.get
+        while True:
+            job = get()
+            if job is None:
+                return
+            job.run()
+            del job
