@@ -568,3 +568,18 @@ async def test_not_started_transaction(lite: AsyncEngine) -> None:
     assert trans.is_active
     await trans.commit()
     await s.close()
+
+
+async def test_memory_database_shared_worker() -> None:
+    """In-memory SQLite (one shared DBAPI connection): sessions share its worker."""
+    eng = create_async_engine("sqlite://")
+    try:
+        await _create(eng)
+        maker = async_sessionmaker(eng, expire_on_commit=False)
+        async with maker() as s1, maker() as s2:
+            s1.add(User(name="mem"))
+            await s1.commit()
+            assert await s2.scalar(select(User.name)) == "mem"
+            assert s1._worker is s2._worker
+    finally:
+        await eng.dispose()

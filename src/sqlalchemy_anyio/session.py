@@ -43,7 +43,7 @@ from sqlalchemy.orm import state as _instance_state
 from . import _cancel, _guard
 from . import exc as async_exc
 from ._base import ReversibleProxy, StartableContext
-from ._bridge import Worker, WorkerPool
+from ._bridge import SharedWorkerPool, Worker, WorkerPool
 from ._buffer import buffer_result
 from .engine import DEFAULT_WORKER_LIMIT, AsyncConnection, AsyncEngine, lease_worker, workers_for
 from .result import AsyncResult, AsyncScalarResult
@@ -64,6 +64,7 @@ _T = TypeVar("_T")
 _O = TypeVar("_O", bound=object)
 
 _AsyncSessionBind = Union[AsyncEngine, AsyncConnection]
+_AnyPool = Union[WorkerPool, SharedWorkerPool]
 
 _EXECUTE_OPTIONS = sa_util.immutabledict({"prebuffer_rows": True})
 _STREAM_OPTIONS = sa_util.immutabledict({"stream_results": True})
@@ -95,11 +96,13 @@ def _to_sync_bind(bind: Any) -> Union[Engine, Connection]:
 class _Lease:
     """One worker leased by one session; released exactly once (also on GC)."""
 
-    __slots__ = ("__weakref__", "pool", "worker")
+    __slots__ = ("__weakref__", "exclusive", "pool", "worker")
 
-    def __init__(self, pool: Optional[WorkerPool], worker: Worker) -> None:
+    def __init__(self, pool: Optional[_AnyPool], worker: Worker) -> None:
         self.pool = pool
         self.worker = worker
+        #: Only an exclusive worker may carry this session's interrupter.
+        self.exclusive = pool is not None and not getattr(pool, "shared", False)
 
     def release(self) -> None:
         pool, self.pool = self.pool, None
@@ -201,7 +204,7 @@ class AsyncSession(ReversibleProxy[Session]):
 
     async def _acquire(self) -> Worker:
         """Lease this session's worker (first use after creation or close)."""
-        pool: Optional[WorkerPool]
+        pool: Optional[_AnyPool]
         sync = self.sync_session
         bind: Any = sync.bind
         if bind is None:
@@ -228,8 +231,9 @@ class AsyncSession(ReversibleProxy[Session]):
                 pool.release(worker)
             return self._lease.worker
         lease = self._lease = _Lease(pool, worker)
-        if pool is not None:
+        if lease.exclusive:
             worker.interrupter = _session_interrupter(sync)
+        if pool is not None:
             self._finalizer = weakref.finalize(self, lease.release)
         _guard.set_session_owner(sync, worker)
         return worker
@@ -241,7 +245,7 @@ class AsyncSession(ReversibleProxy[Session]):
             self._finalizer.detach()
             self._finalizer = None
         if lease is not None:
-            if lease.pool is not None:
+            if lease.exclusive:
                 lease.worker.interrupter = None
             lease.release()
 
