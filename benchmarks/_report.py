@@ -51,15 +51,15 @@ def _num(value: Optional[float], fmt: str = "{:.2f}") -> str:
 
 def render(result: Dict[str, Any]) -> str:
     meta, records = result["meta"], result["results"]
-    env = meta["environment"]
+    env, cfg = meta["environment"], meta["config"]
     lines = [
         f"{meta['mode']} run {meta['date']} commit {meta.get('commit')}: python {env['python']}, "
         f"SQLAlchemy {env['sqlalchemy']}, anyio {env.get('anyio')}, trio {env.get('trio')}, "
         f"uvloop {env.get('uvloop')}, SQLite {env.get('sqlite')}, {env['cpus']} CPUs; "
         f"load average {meta['load_average_start'][0]:.2f} at start, "
         f"{meta['load_average_end'][0]:.2f} at end; {meta['wall_seconds']:.0f} s",
-        f"rounds: {meta['config']['rounds']} timed rounds of ~{meta['config']['round_time'] * 1e3:.0f}"
-        " ms after a warm-up; figures are medians, unrounded in the JSON.",
+        f"rounds: {cfg['rounds']} timed rounds of ~{cfg['round_time'] * 1e3:.0f} ms after a "
+        "warm-up; figures are medians, unrounded in the JSON.",
         "x sync = time / sync SQLAlchemy's time; x off = time / the official extension's time on "
         "the same loop (trio rows: vs asyncio). Lower is better.",
     ]
@@ -144,6 +144,13 @@ def _cancel_table(recs: List[Dict[str, Any]], config: Dict[str, Any]) -> List[st
         if "failed" in c:
             out.append(f"{_label(r):<19} | failed: {c['failed']}")
             continue
+        if "no_return_within_s" in c:
+            out.append(
+                f"{_label(r):<19} | {'>' + _num(c['no_return_within_s'] * 1e3, '{:.0f}'):>9} "
+                "no control back: the trial's process was killed after "
+                f"{c['no_return_within_s']:.0f} s"
+            )
+            continue
         running = c.get("server_query_running_at_regain")
         gone = c.get("server_query_gone_s")
         err = c.get("error") or ("(cancelled)" if c.get("cancelled") else "(none)")
@@ -184,10 +191,13 @@ def chart(result: Dict[str, Any], path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
 
     records = result["results"]
     dbs = [d for d in ("sqlite", "postgresql", "mysql") if any(r["db"] == d for r in records)]
-    scenarios = PER_OP + ["lag"]
+    scenarios = [*PER_OP, "lag"]
     fig, axes = plt.subplots(
         len(dbs), 2, figsize=(15, 4.2 * len(dbs)), squeeze=False,
         gridspec_kw={"width_ratios": [3, 1]},
@@ -213,6 +223,8 @@ def chart(result: Dict[str, Any], path: str) -> None:
         ax.set_ylabel("time / sync SQLAlchemy (lower is better)")
         if ratios_all and max(ratios_all) / max(min(ratios_all), 1e-9) > 8:
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain)
         ax.set_title(f"{DB_TITLES[db]}: per-op time relative to sync (dashed line = sync)")
         ax.legend(fontsize=7, ncol=2)
 
@@ -226,6 +238,8 @@ def chart(result: Dict[str, Any], path: str) -> None:
         if gaps:
             ax2.barh(labels, gaps, color=[_COLORS.get(x) for x in labels])
             ax2.set_xscale("log")
+            ax2.xaxis.set_major_formatter(plain)
+            ax2.xaxis.set_minor_formatter(NullFormatter())
             ax2.invert_yaxis()
             ax2.tick_params(axis="y", labelsize=7)
         ax2.set_xlabel("max event-loop gap during the 40k load, ms (log)")

@@ -16,7 +16,6 @@ import statistics
 import sys
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Dict, List, Optional
 
@@ -114,12 +113,16 @@ class Config:
     tick: float = 0.001
     cancel_after: float = 0.5
     next_timeout: float = 3.0
+    official_cancel_limit: float = 10.0  # the official extension's trial is killed after this
     server_sleep: int = 20
     sqlite_cte_rows: int = 100_000_000
 
     @classmethod
     def quick(cls) -> Config:
-        return cls(rounds=3, round_time=0.03, warmup_ops=15, lag_rounds=1, next_timeout=2.0)
+        return cls(
+            rounds=3, round_time=0.03, warmup_ops=15, lag_rounds=1, next_timeout=2.0,
+            official_cancel_limit=5.0,
+        )  # fmt: skip
 
 
 def _summary(per_op: List[float], n: int) -> Dict[str, Any]:
@@ -216,7 +219,7 @@ def _sync_concurrent(engine: sa.Engine, cfg: Config) -> Dict[str, Any]:
 
     def one_round(per_task: int) -> float:
         barrier = threading.Barrier(cfg.tasks + 1)
-        errors: List[BaseException] = []
+        errors: List[Exception] = []
 
         def worker(k: int) -> None:
             barrier.wait()
@@ -224,7 +227,7 @@ def _sync_concurrent(engine: sa.Engine, cfg: Config) -> Dict[str, Any]:
                 for i in range(per_task):
                     with engine.connect() as conn:
                         conn.execute(POINT, {"x": _point_id(k * 997 + i)}).one()
-            except BaseException as exc:  # reported after the round
+            except Exception as exc:  # noqa: BLE001 - re-raised after the round
                 errors.append(exc)
 
         threads = [threading.Thread(target=worker, args=(k,)) for k in range(cfg.tasks)]
@@ -374,7 +377,12 @@ async def _ticker_window(cfg: Config, body: Callable[[], Awaitable[Any]]) -> Dic
         finally:
             elapsed = now() - t0
             state["done"] = True
-    return {"elapsed": elapsed, "max_gap": state["max_gap"], "ticks": state["ticks"], "result": result}
+    return {
+        "elapsed": elapsed,
+        "max_gap": state["max_gap"],
+        "ticks": state["ticks"],
+        "result": result,
+    }
 
 
 async def _async_big_load(mod: Any, engine: Any, cfg: Config) -> Dict[str, Any]:
@@ -472,7 +480,7 @@ class ServerWatch:
 
 
 async def run_cancel(
-    mod: Any, url: str, kind: str, sync_url: Optional[str], cfg: Config
+    mod: Any, url: str, kind: str, sync_url: Optional[str], cfg: Config, marker: str
 ) -> Dict[str, Any]:
     """``move_on_after`` around a long query on a 1-connection pool, then the next query."""
     import anyio
@@ -481,7 +489,6 @@ async def run_cancel(
     watch = ServerWatch(kind, sync_url)
     engine = mod.create_async_engine(url, pool_size=1, max_overflow=0)
     ident_sql = sa.text(_CONN_ID.get(kind, "SELECT 1"))
-    marker = f"bench_cancel_{uuid.uuid4().hex[:12]}"
     try:
         async with engine.connect() as conn:
             out["conn_id_before"] = (await conn.execute(ident_sql)).scalar()

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import asdict
 from typing import Any, Dict, List, Optional
 
@@ -104,13 +105,14 @@ def run_one(spec: Dict[str, Any]) -> Dict[str, Any]:
                 record["accelerated"] = _bridge.ACCELERATED
 
             async def main() -> None:
-                record["scenarios"] = await w.run_async(
-                    mod, spec["url"], cfg, spec["scenarios"], record["notes"]
-                )
+                if not spec.get("cancel_only"):
+                    record["scenarios"] = await w.run_async(
+                        mod, spec["url"], cfg, spec["scenarios"], record["notes"]
+                    )
                 if spec.get("cancel"):
                     try:
                         record["cancel"] = await w.run_cancel(
-                            mod, spec["url"], kind, spec.get("sync_url"), cfg
+                            mod, spec["url"], kind, spec.get("sync_url"), cfg, spec["marker"]
                         )
                     except Exception as exc:  # noqa: BLE001 - reported in the table
                         record["cancel"] = {"failed": f"{type(exc).__name__}: {exc}"[:300]}
@@ -129,7 +131,8 @@ def child_main(spec_json: str) -> None:
     spec = json.loads(spec_json)
     # A hang must still leave a trace: dump every thread's stack before the
     # parent gives up on this child.
-    faulthandler.dump_traceback_later(max(5.0, spec["timeout"] - 5.0), exit=True)
+    if not spec.get("cancel_only"):
+        faulthandler.dump_traceback_later(max(5.0, spec["timeout"] - 5.0), exit=True)
     record = run_one(spec)
     with open(spec["out"], "w") as f:
         json.dump(record, f)
@@ -246,8 +249,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if kind not in dbs:
             continue
         if not base:
-            skipped.append(f"{kind}: no URL (pass --{'pg' if kind == 'postgresql' else 'mysql'}-url "
-                           "or --servers)")  # fmt: skip
+            flag = "--pg-url" if kind == "postgresql" else "--mysql-url"
+            skipped.append(f"{kind}: no URL (pass {flag} or --servers)")
             continue
         problem = _reachable(url_for(base, kind, "sync"))
         if problem:
@@ -293,19 +296,24 @@ def main(argv: Optional[List[str]] = None) -> int:
                     "sync_url": url_for(base, kind, "sync"),
                     "cfg": asdict(cfg),
                     "scenarios": scenarios,
-                    "cancel": not args.no_cancel and impl != "sync"
-                    and (impl != "official" or backend == "asyncio"),
+                    "cancel": not args.no_cancel and impl.startswith("anyio"),
+                    "marker": f"bench_cancel_{uuid.uuid4().hex[:12]}",
                 }
                 label = f"{impl}/{backend}" if backend else impl
                 print(f"   {kind:<10} {label:<18}", end=" ", flush=True)
+                step = time.perf_counter()
                 if impl in ("sync", "anyio-C"):
                     record = run_one(spec)
                 else:
                     env = {"SQLALCHEMY_ANYIO_NO_CEXT": "1"} if impl == "anyio-py" else {}
                     record = run_child(spec, env, args.child_timeout)
+                if impl == "official" and backend == "asyncio" and not args.no_cancel:
+                    record["cancel"] = _official_cancel(spec, cfg)
+                if spec["cancel"] or "cancel" in record:
+                    _kill_leftovers(kind, spec["sync_url"], spec["marker"])
                 records.append(record)
                 status = record.get("error") or "ok"
-                print(f"{record.get('seconds', 0):6.1f} s  {status}", flush=True)
+                print(f"{time.perf_counter() - step:6.1f} s  {status}", flush=True)
             if kind != "sqlite":
                 w.drop_tables(url_for(base, kind, "sync"))
     finally:
@@ -325,8 +333,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             "wall_seconds": time.time() - started,
             "commit": _git_commit(),
             "skipped": skipped,
-            "databases": {k: sa.make_url(v).render_as_string(hide_password=True)
-                          for k, v in bases.items()},  # fmt: skip
+            "databases": {
+                k: sa.make_url(v).render_as_string(hide_password=True) for k, v in bases.items()
+            },
         },
         "results": records,
     }
@@ -346,6 +355,34 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"chart skipped: {exc}")
     print(f"json: {os.path.relpath(args.json)}")
     return 0
+
+
+def _official_cancel(spec: Dict[str, Any], cfg: w.Config) -> Dict[str, Any]:
+    """The official extension's cancellation trial, in a child killed after a bound.
+
+    Its ``AsyncConnection.__aexit__`` runs ``close()`` to completion even when
+    cancelled, which waits for the driver to finish the query.
+    """
+    limit = cfg.official_cancel_limit
+    rec = run_child(dict(spec, cancel=True, cancel_only=True), {}, limit)
+    if rec.get("cancel"):
+        return rec["cancel"]  # type: ignore[no-any-return]
+    if "timed out" in rec.get("error", ""):
+        return {"no_return_within_s": limit, "deadline_s": cfg.cancel_after}
+    return {"failed": rec.get("error", "no result")}
+
+
+def _kill_leftovers(kind: str, sync_url: str, marker: str) -> None:
+    """Leave no benchmark query running on a server (after a killed child, say)."""
+    if kind == "sqlite":
+        return
+    watch = w.ServerWatch(kind, sync_url)
+    try:
+        watch.kill(watch.running(marker))
+    except Exception as exc:  # noqa: BLE001 - cleanup only
+        print(f"(cleanup of {marker} failed: {exc})", flush=True)
+    finally:
+        watch.dispose()
 
 
 def _plan(kind: str, impls: List[str], backends: List[str]) -> List[tuple]:
