@@ -420,6 +420,7 @@ typedef struct {
     PyObject **ring;
     Py_ssize_t cap, head, len;      /* under mutex */
     int parked;                     /* under mutex: the worker sleeps on cond */
+    int closed;                     /* under mutex: None was put */
     _Atomic int pending;            /* == len, readable without the mutex */
     _Atomic int64_t spin_ns;        /* the worker's current spin budget */
 } Channel;
@@ -509,13 +510,19 @@ Channel_put(Channel *self, PyObject *item)
         PyErr_SetString(PyExc_TypeError, "Channel.put() takes a Job or None");
         return NULL;
     }
-    Py_INCREF(item);   /* the ring's reference, handed to the worker */
     pthread_mutex_lock(&self->mutex);
+    if (self->closed) {
+        /* A job put now would never run: say so rather than hang its caller. */
+        pthread_mutex_unlock(&self->mutex);
+        if (item == Py_None)
+            Py_RETURN_NONE;   /* stopping twice is fine */
+        PyErr_SetString(PyExc_RuntimeError, "the worker is stopped: it takes no more jobs");
+        return NULL;
+    }
     if (self->len == self->cap) {
         PyObject **ring = PyMem_RawMalloc(2 * (size_t)self->cap * sizeof(PyObject *));
         if (ring == NULL) {
             pthread_mutex_unlock(&self->mutex);
-            Py_DECREF(item);
             return PyErr_NoMemory();
         }
         for (Py_ssize_t i = 0; i < self->len; i++)
@@ -525,8 +532,9 @@ Channel_put(Channel *self, PyObject *item)
         self->head = 0;
         self->cap *= 2;
     }
-    self->ring[(self->head + self->len) % self->cap] = item;
+    self->ring[(self->head + self->len) % self->cap] = Py_NewRef(item);   /* the worker's */
     self->len++;
+    self->closed = item == Py_None;
     atomic_fetch_add_explicit(&self->pending, 1, memory_order_release);
     if (self->parked)
         pthread_cond_signal(&self->cond);

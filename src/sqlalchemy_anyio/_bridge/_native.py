@@ -12,7 +12,9 @@ the loop to one worker thread.
 from __future__ import annotations
 
 import queue
+import sys
 import threading
+from types import SimpleNamespace
 from typing import Any, Callable, Optional
 
 
@@ -45,8 +47,9 @@ class Job:
         """Run the callable (on the worker thread) and publish its outcome."""
         fn, args, kwargs = self._fn, self._args, self._kwargs
         self._fn = self._args = self._kwargs = None  # type: ignore[assignment]
-        assert fn is not None
         try:
+            if fn is None:
+                raise RuntimeError("job has nothing to run")
             value = fn(*args, **kwargs) if kwargs else fn(*args)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
             self.set(error=exc)
@@ -64,7 +67,10 @@ class Job:
             self._done = True
             waker, self._waker = self._waker, None
         if waker is not None:
-            waker()
+            try:
+                waker()
+            except BaseException as exc:  # noqa: BLE001 - never lose the worker for a waker
+                _report_unraisable(exc, waker)
 
     def set_waker(self, waker: Callable[[], object]) -> bool:
         """Arrange for ``waker()`` on completion; False if already complete."""
@@ -90,6 +96,8 @@ class Job:
     def outcome(self) -> Any:
         """Return the value or raise the error of a completed job."""
         with self._lock:
+            if not self._done:
+                raise RuntimeError("job is not finished")
             error, value = self._error, self._value
         if error is not None:
             try:
@@ -99,16 +107,38 @@ class Job:
         return value
 
 
+def _report_unraisable(exc: BaseException, obj: object) -> None:
+    """Hand ``exc`` to ``sys.unraisablehook``, as the C twin does."""
+    sys.unraisablehook(
+        SimpleNamespace(
+            exc_type=type(exc),
+            exc_value=exc,
+            exc_traceback=exc.__traceback__,
+            err_msg="Exception ignored in job waker",
+            object=obj,
+        )
+    )
+
+
 class Channel:
     """Jobs in order from the loop to one worker thread (``None`` stops it)."""
 
-    __slots__ = ("_queue",)
+    __slots__ = ("_closed", "_lock", "_queue")
 
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue[Optional[Job]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._closed = False
 
     def put(self, job: Optional[Job]) -> None:
-        self._queue.put(job)
+        with self._lock:
+            if self._closed:
+                # A job put now would never run: say so rather than hang its caller.
+                if job is None:
+                    return  # stopping twice is fine
+                raise RuntimeError("the worker is stopped: it takes no more jobs")
+            self._closed = job is None
+            self._queue.put(job)
 
     def get(self) -> Optional[Job]:
         return self._queue.get()
