@@ -121,7 +121,7 @@ class Config:
     def quick(cls) -> Config:
         return cls(
             rounds=3, round_time=0.03, warmup_ops=15, lag_rounds=1, next_timeout=2.0,
-            official_cancel_limit=5.0,
+            official_cancel_limit=3.0,
         )  # fmt: skip
 
 

@@ -296,7 +296,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                     "sync_url": url_for(base, kind, "sync"),
                     "cfg": asdict(cfg),
                     "scenarios": scenarios,
-                    "cancel": not args.no_cancel and impl.startswith("anyio"),
+                    # --quick: the cancellation trial on asyncio only
+                    "cancel": not args.no_cancel
+                    and impl.startswith("anyio")
+                    and (not args.quick or backend == "asyncio"),
                     "marker": f"bench_cancel_{uuid.uuid4().hex[:12]}",
                 }
                 label = f"{impl}/{backend}" if backend else impl
