@@ -63,6 +63,10 @@ def render(result: Dict[str, Any]) -> str:
         "x sync = time / sync SQLAlchemy's time; x off = time / the official extension's time on "
         "the same loop (trio rows: vs asyncio). Lower is better.",
     ]
+    lines.append(
+        "greenlet imported in the main process (sync, anyio-C): "
+        + ("YES" if meta.get("greenlet_in_main_process") else "no")
+    )
     for note in meta.get("skipped", []):
         lines.append(f"skipped: {note}")
     for db in [d for d in ("sqlite", "postgresql", "mysql") if any(r["db"] == d for r in records)]:
