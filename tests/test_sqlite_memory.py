@@ -72,16 +72,16 @@ async def test_tasks_share_one_database(url: str, metadata: sa.MetaData) -> None
         await engine.dispose()
 
 
-@pytest.mark.skip(
-    reason="known bug: with StaticPool every AsyncConnection gets the one sqlite3 "
-    "connection, but each runs on its own worker thread, so connections open at the "
-    "same time use it from several threads at once (SystemError, invalidation that "
-    "loses the database, even a segfault). Unskip once such engines serialize use."
-)
 @pytest.mark.parametrize("url", MEMORY_URLS)
 async def test_concurrent_connections_share_one_database(url: str, metadata: sa.MetaData) -> None:
+    """StaticPool's one sqlite3 connection meets one (shared) worker thread only.
+
+    All connections share one DBAPI connection, so their transactions are not
+    isolated from each other (as with aiosqlite): autocommit makes each write
+    stand on its own.
+    """
     table = _table(metadata)
-    engine = create_async_engine(url)
+    engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
     try:
         async with engine.begin() as conn:
             await conn.run_sync(metadata.create_all)
@@ -113,3 +113,35 @@ async def test_separate_engines_have_separate_databases(metadata: sa.MetaData) -
     finally:
         await first.dispose()
         await second.dispose()
+
+
+@pytest.mark.parametrize("url", MEMORY_URLS)
+async def test_overlapping_use_and_cancellation_are_serialized(
+    url: str, metadata: sa.MetaData
+) -> None:
+    """Many tasks, streams and cancellations on the one shared connection: no crash,
+    every surviving query answers correctly, and the database is still there."""
+    table = _table(metadata)
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+            await conn.execute(table.insert(), [{"id": i, "name": f"r{i}"} for i in range(200)])
+
+        async def reader(seed: int) -> None:
+            for i in range(15):
+                with anyio.move_on_after(0.0005 * ((seed + i) % 4)):
+                    async with engine.connect() as conn:
+                        n = await conn.scalar(sa.select(sa.func.count()).select_from(table))
+                        assert n == 200
+                        async with conn.stream(sa.select(table.c.id)) as result:
+                            ids = [row.id async for row in result]
+                        assert ids == list(range(200))
+
+        async with anyio.create_task_group() as tg:
+            for seed in range(12):
+                tg.start_soon(reader, seed)
+        async with engine.connect() as conn:
+            assert await conn.scalar(sa.select(sa.func.count()).select_from(table)) == 200
+    finally:
+        await engine.dispose()

@@ -96,7 +96,7 @@ def recoverer_for(conn: Connection, worker: Worker) -> Callable[[], None]:
         for result in worker.take_streams():
             try:
                 result._close_on_worker()
-            except Exception:  # noqa: BLE001 - the connection is reset below
+            except Exception:
                 log.debug("closing a stream after cancellation failed", exc_info=True)
         if conn.closed or conn.invalidated:
             return
@@ -126,6 +126,11 @@ def install_engine(engine: Engine) -> None:
 
 
 def arm(worker: Worker, conn: Connection) -> None:
-    """Make ``worker``'s cancellations interrupt and then recover ``conn``."""
+    """Make ``worker``'s cancellations interrupt and then recover ``conn``.
+
+    A shared worker is left alone: the call running may be another task's.
+    """
+    if not worker.exclusive:
+        return
     worker.interrupter = interrupter_for(conn)
     worker.recover = recoverer_for(conn, worker)

@@ -40,7 +40,7 @@ from ._base import (
     StartableContext,
     asyncstartablecontext,
 )
-from ._bridge import Worker, WorkerPool
+from ._bridge import SharedWorkerPool, Worker, WorkerPool
 from ._buffer import buffer_result
 from ._urls import to_sync_url
 from .result import AsyncResult, AsyncScalarResult
@@ -139,7 +139,9 @@ def _sqlite_defaults(url: URL, kw: Dict[str, Any]) -> None:
 # --------------------------------------------------------------------------
 # workers per engine
 
-_pools: weakref.WeakKeyDictionary[Engine, WorkerPool] = weakref.WeakKeyDictionary()
+_pools: weakref.WeakKeyDictionary[Engine, WorkerPool | SharedWorkerPool] = (
+    weakref.WeakKeyDictionary()
+)
 _pools_lock = threading.Lock()
 
 
@@ -160,15 +162,23 @@ def _pool_capacity(pool: sa_pool.Pool) -> Optional[int]:
     return None
 
 
-def workers_for(engine: Engine) -> WorkerPool:
-    """The worker pool of an engine (shared by its execution_options copies)."""
+def workers_for(engine: Engine) -> WorkerPool | SharedWorkerPool:
+    """The worker pool of an engine (shared by its execution_options copies).
+
+    Pools that hand one DBAPI connection to everybody (StaticPool) or one
+    per thread (SingletonThreadPool) get a single shared worker, so that
+    connection only ever meets one thread.
+    """
     root = _root_engine(engine)
     with _pools_lock:
         workers = _pools.get(root)
         if workers is None:
-            capacity = _pool_capacity(root.pool)
-            limit = capacity if capacity else DEFAULT_WORKER_LIMIT
-            workers = _pools[root] = WorkerPool(limit)
+            if isinstance(root.pool, (sa_pool.StaticPool, sa_pool.SingletonThreadPool)):
+                workers = SharedWorkerPool()
+            else:
+                capacity = _pool_capacity(root.pool)
+                workers = WorkerPool(capacity if capacity else DEFAULT_WORKER_LIMIT)
+            _pools[root] = workers
     return workers
 
 

@@ -5,6 +5,14 @@ hand-off is done (C accelerator or pure Python, asyncio or trio) stays here.
 """
 
 from ._impl import ACCELERATED
+from ._shared import SharedWorkerPool
 from ._worker import CANCEL_GRACE, Worker, WorkerPool, current_worker
 
-__all__ = ["ACCELERATED", "CANCEL_GRACE", "Worker", "WorkerPool", "current_worker"]
+__all__ = [
+    "ACCELERATED",
+    "CANCEL_GRACE",
+    "SharedWorkerPool",
+    "Worker",
+    "WorkerPool",
+    "current_worker",
+]

@@ -39,6 +39,9 @@ class Worker:
     def __init__(self, pool: Optional[WorkerPool] = None, generation: int = 0) -> None:
         self.pool = pool
         self.generation = generation
+        #: False when several lessees share this worker (see ``_shared``):
+        #: then no lessee may interrupt or recover on cancellation.
+        self.exclusive = True
         #: Set by the lessee: called on the loop thread when a running call is
         #: cancelled, to make the driver stop the statement in flight.
         self.interrupter: Optional[Callable[[], None]] = None
@@ -150,7 +153,9 @@ class Worker:
         try:
             await _impl.wait(job)
         except BaseException:
-            self.broken = True
+            # An exclusive worker is retired rather than wait on the call; a
+            # shared one simply runs the cleanup after it, in order.
+            self.broken = self.exclusive
             self._channel.put(_impl.Job(_cleanup_if_succeeded, (job, cleanup), None))
             raise
         return job.outcome()  # type: ignore[no-any-return]
