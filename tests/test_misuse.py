@@ -91,11 +91,6 @@ async def test_execute_after_close(db_url: str) -> None:
 
 
 async def test_stream_results_needs_stream(engine: AsyncEngine) -> None:
-    if not engine.dialect.supports_server_side_cursors:
-        pytest.skip(
-            "no server-side cursors in this dialect (pysqlite): stream_results is "
-            "ignored and execute() buffers, where the official aiosqlite dialect raises"
-        )
     async with engine.connect() as conn:
         with pytest.raises(AsyncMethodRequired, match=r"stream\(\)"):
             await conn.execute(ONE, execution_options={"stream_results": True})

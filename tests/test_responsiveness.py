@@ -71,7 +71,10 @@ async def test_loop_ticks_while_loading(sqlite_url: str) -> None:
             tg.start_soon(load)
 
         largest = max(gaps)
-        bound = max(0.25 * duration, 0.05)
+        # Generous on purpose: on CPython before 3.14 a full cyclic-GC pass over
+        # the new objects holds the GIL for tens of milliseconds (about a fifth
+        # of the load here); a loop blocked by the load would see the whole of it.
+        bound = max(0.5 * duration, 0.1)
         print(
             f"\nloaded {ROWS} objects in {duration * 1000:.1f} ms; loop ticks: {len(gaps)}, "
             f"largest gap {largest * 1000:.1f} ms (bound {bound * 1000:.1f} ms)"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy.engine import Result
 from sqlalchemy.engine.cursor import CursorFetchStrategy, FullyBufferedCursorFetchStrategy
@@ -10,8 +10,8 @@ from sqlalchemy.engine.cursor import CursorFetchStrategy, FullyBufferedCursorFet
 from . import exc as async_exc
 
 
-def buffer_result(result: Result[Any], calling_method: Callable[..., Any]) -> Result[Any]:
-    """Fully buffer a result produced by ``calling_method`` and release its cursor.
+def buffer_result(result: Result[Any], owner: str, method: str = "execute") -> Result[Any]:
+    """Fully buffer a result of ``<owner>.<method>()`` and release its cursor.
 
     A server-side cursor (``stream_results``) cannot be buffered silently: it
     is closed and :class:`~.exc.AsyncMethodRequired` names ``stream()``.
@@ -21,14 +21,16 @@ def buffer_result(result: Result[Any], calling_method: Callable[..., Any]) -> Re
     except AttributeError:  # legacy execute(DefaultGenerator) returns a scalar
         return result
     cursor_result: Any = result if is_cursor else getattr(result, "raw", None)
-    if cursor_result is not None and cursor_result.context._is_server_side:
+    # Asked for, not only granted: SQLite has no server-side cursors, but the
+    # same code must fail the same way on every database.
+    if cursor_result is not None and (
+        cursor_result.context._is_server_side
+        or cursor_result.context.execution_options.get("stream_results", False)
+    ):
         cursor_result.close()
-        owner = type(getattr(calling_method, "__self__", None)).__name__
-        name = getattr(calling_method, "__name__", "execute")
-        async_owner = "AsyncSession" if owner == "Session" else "AsyncConnection"
         raise async_exc.AsyncMethodRequired(
-            f"Can't use the {async_owner}.{name}() method with a server-side cursor. "
-            f"Use the {async_owner}.stream() method for an async streaming result set."
+            f"Can't use the {owner}.{method}() method with a server-side cursor. "
+            f"Use the {owner}.stream() method for an async streaming result set."
         )
     if is_cursor:
         buffer_cursor_result(result)

@@ -672,7 +672,7 @@ def _buffered_call(
         result = method(statement, parameters, execution_options=execution_options)
     else:
         result = method(statement, parameters)
-    return buffer_result(result, method)
+    return buffer_result(result, "AsyncConnection", method.__name__)
 
 
 def _close_quietly(connection: Connection) -> None:

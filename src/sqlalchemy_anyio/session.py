@@ -791,7 +791,7 @@ def _execute_buffered(
         bind_arguments=bind_arguments,
         **kw,
     )
-    return buffer_result(result, sync_session.execute)
+    return buffer_result(result, "AsyncSession")
 
 
 _AS = TypeVar("_AS", bound=AsyncSession)

@@ -59,7 +59,7 @@ class AsyncSession(_AsyncSession):
 def _exec_buffered(sync_session: _SQLModelSession, statement: Any, kw: Dict[str, Any]) -> Any:
     result = sync_session.exec(statement, **kw)
     # a ScalarResult wraps the Result that owns the cursor
-    buffer_result(getattr(result, "_real_result", None) or result, sync_session.execute)
+    buffer_result(getattr(result, "_real_result", None) or result, "AsyncSession", "exec")
     return result
 
 
