@@ -195,7 +195,7 @@ def chart(result: Dict[str, Any], path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     plain = FuncFormatter(lambda v, _: f"{v:g}")
 
@@ -242,8 +242,14 @@ def chart(result: Dict[str, Any], path: str) -> None:
         if gaps:
             ax2.barh(labels, gaps, color=[_COLORS.get(x) for x in labels])
             ax2.set_xscale("log")
+            lo, hi = min(gaps) / 1.5, max(gaps) * 2.5
+            ax2.set_xlim(lo, hi)
+            ticks = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+            ax2.xaxis.set_major_locator(FixedLocator([t for t in ticks if lo <= t <= hi]))
             ax2.xaxis.set_major_formatter(plain)
             ax2.xaxis.set_minor_formatter(NullFormatter())
+            for y, g in enumerate(gaps):
+                ax2.text(g * 1.05, y, f"{g:.1f}", va="center", fontsize=7)
             ax2.invert_yaxis()
             ax2.tick_params(axis="y", labelsize=7)
         ax2.set_xlabel("max event-loop gap during the 40k load, ms (log)")
@@ -252,7 +258,8 @@ def chart(result: Dict[str, Any], path: str) -> None:
     env = meta["environment"]
     fig.suptitle(
         f"sqlalchemy_anyio benchmark ({meta['mode']} run, {meta['date'][:10]}, "
-        f"Python {env['python']}, SQLAlchemy {env['sqlalchemy']}, {env['cpus']} CPUs)",
+        f"Python {env['python']}, SQLAlchemy {env['sqlalchemy']}, {env['cpus']} CPUs, "
+        f"load average {meta['load_average_start'][0]:.1f} -> {meta['load_average_end'][0]:.1f})",
         fontsize=11,
     )
     fig.tight_layout()

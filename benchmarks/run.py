@@ -197,6 +197,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--json", default=os.path.join(HERE, "results", "latest.json"))
     p.add_argument("--chart", default=os.path.join(HERE, "chart.png"))
     p.add_argument("--no-chart", action="store_true")
+    p.add_argument(
+        "--isolate",
+        action="store_true",
+        help="run sync and anyio-C in subprocesses too (default: in this process)",
+    )
     p.add_argument("--child-timeout", type=float, default=240.0)
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -305,7 +310,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 label = f"{impl}/{backend}" if backend else impl
                 print(f"   {kind:<10} {label:<18}", end=" ", flush=True)
                 step = time.perf_counter()
-                if impl in ("sync", "anyio-C"):
+                if impl in ("sync", "anyio-C") and not args.isolate:
                     record = run_one(spec)
                 else:
                     env = {"SQLALCHEMY_ANYIO_NO_CEXT": "1"} if impl == "anyio-py" else {}
