@@ -123,7 +123,7 @@ def test_bad_spin_settings_are_refused() -> None:
 
 
 class _Opaque:
-    __slots__ = ("payload",)
+    __slots__ = ("__weakref__", "payload")
 
     def __init__(self, payload: Any) -> None:
         self.payload = payload
@@ -357,6 +357,17 @@ async def test_idle_worker_parks_and_burns_no_cpu(worker: Worker) -> None:
     before = cpu_ticks()
     await anyio.sleep(0.5)
     assert cpu_ticks() - before <= 1  # a spinning thread would burn ~50 ticks
+
+
+async def test_idle_worker_keeps_no_result_alive(worker: Worker) -> None:
+    result = await worker.call(_Opaque, "big")
+    gone = weakref.ref(result)
+    del result
+    for _ in range(500):  # the worker lets go of its last job once it parks
+        if gone() is None:
+            break
+        await anyio.sleep(0.01)
+    assert gone() is None
 
 
 # -- WorkerPool ----------------------------------------------------------------------

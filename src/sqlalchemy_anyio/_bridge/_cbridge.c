@@ -300,7 +300,7 @@ Job_set_waker(Job *self, PyObject *waker)
     if (st == DONE)
         Py_RETURN_FALSE;
     /* The loop will sleep until woken: the worker need not wait for it to
-     * drop the GIL (see channel_wait). */
+     * drop the GIL (see channel_take). */
     atomic_store_explicit(&self->hint, HINT_WAITING, memory_order_relaxed);
     self->waker = Py_NewRef(waker);
     int expected = PENDING;
@@ -560,34 +560,44 @@ channel_pop(Channel *self)
     return item;
 }
 
-/* Wait for the next item without the GIL: spin for the adaptive budget,
- * then park.  The budget resets to the maximum whenever a job arrived
- * within it, and halves each time the worker had to park longer than that:
- * a worker that sees no work stops spinning, and a parked one burns nothing.
- */
-static PyObject *
-channel_wait(Channel *self)
+/* Waiting for the next item, without the GIL, in three steps: spin for the
+ * adaptive budget, park if nothing came, take the item.  The budget resets
+ * to the maximum whenever a job arrived within it, and halves each time the
+ * worker had to park longer than that: a worker that sees no work stops
+ * spinning, and a parked one burns nothing. */
+
+/* Spin; 1 if an item came within the budget.  `since` notes when we began. */
+static int
+channel_spin(Channel *self, int64_t *since)
 {
     int64_t budget = atomic_load_explicit(&self->spin_ns, memory_order_relaxed);
-    int64_t start = now_ns();
-    PyObject *item;
-
-    if (spin_while(&self->pending, 0, budget) == 0) {
-        pthread_mutex_lock(&self->mutex);
-        self->parked = 1;
-        while (self->len == 0)
-            pthread_cond_wait(&self->cond, &self->mutex);
-        self->parked = 0;
-        pthread_mutex_unlock(&self->mutex);
-        int64_t gap = now_ns() - start;
-        budget = gap <= worker_spin_max ? worker_spin_max
-                 : budget >= 2 * US ? budget / 2 : 0;
-        atomic_store_explicit(&self->spin_ns, budget, memory_order_relaxed);
-    }
-    else if (budget != worker_spin_max)
+    *since = now_ns();
+    if (spin_while(&self->pending, 0, budget) == 0)
+        return 0;
+    if (budget != worker_spin_max)
         atomic_store_explicit(&self->spin_ns, worker_spin_max, memory_order_relaxed);
-    item = channel_pop(self);   /* we are the only consumer: it is there */
+    return 1;
+}
 
+static void
+channel_park(Channel *self, int64_t since)
+{
+    pthread_mutex_lock(&self->mutex);
+    self->parked = 1;
+    while (self->len == 0)
+        pthread_cond_wait(&self->cond, &self->mutex);
+    self->parked = 0;
+    pthread_mutex_unlock(&self->mutex);
+    int64_t gap = now_ns() - since;
+    int64_t budget = atomic_load_explicit(&self->spin_ns, memory_order_relaxed);
+    budget = gap <= worker_spin_max ? worker_spin_max : budget >= 2 * US ? budget / 2 : 0;
+    atomic_store_explicit(&self->spin_ns, budget, memory_order_relaxed);
+}
+
+static PyObject *
+channel_take(Channel *self)
+{
+    PyObject *item = channel_pop(self);   /* we are the only consumer: it is there */
 #ifndef Py_GIL_DISABLED
     /* The loop that queued this job probably still holds the GIL.  If it is
      * about to spin (and so to let go of it), wait for that rather than
@@ -603,8 +613,11 @@ Channel_get(Channel *self, PyObject *Py_UNUSED(ignored))
 {
     PyObject *item = channel_pop(self);
     if (item == NULL) {
+        int64_t since;
         Py_BEGIN_ALLOW_THREADS
-        item = channel_wait(self);
+        if (!channel_spin(self, &since))
+            channel_park(self, since);
+        item = channel_take(self);
         Py_END_ALLOW_THREADS
     }
     return item;
@@ -616,10 +629,11 @@ Channel_get(Channel *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 Channel_serve(Channel *self, PyObject *Py_UNUSED(ignored))
 {
-    Job *ran = NULL;   /* outcome stored, not yet published */
+    Job *ran = NULL;   /* outcome stored, not yet published; then still ours */
     for (;;) {
         PyObject *item = channel_pop(self);
         if (item == NULL) {
+            int64_t since;
             PyObject *waker = NULL;
             PyThreadState *ts = PyEval_SaveThread();
             if (ran != NULL && (waker = job_publish(ran)) != NULL) {
@@ -628,7 +642,17 @@ Channel_serve(Channel *self, PyObject *Py_UNUSED(ignored))
                 call_waker(waker);
                 ts = PyEval_SaveThread();
             }
-            item = channel_wait(self);
+            if (!channel_spin(self, &since)) {
+                if (ran != NULL) {
+                    /* Idle from now on: do not keep the job (and whatever
+                     * its outcome holds) alive while parked. */
+                    PyEval_RestoreThread(ts);
+                    Py_CLEAR(ran);
+                    ts = PyEval_SaveThread();
+                }
+                channel_park(self, since);
+            }
+            item = channel_take(self);
             PyEval_RestoreThread(ts);
         }
         else if (ran != NULL) {
