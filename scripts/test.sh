@@ -22,5 +22,5 @@ if pkg-config --exists libmariadb 2>/dev/null || pkg-config --exists mysqlclient
     "$PY" -m pip install -q --disable-pip-version-check "mysqlclient==2.3.1"
 fi
 "$PY" -m pip install -q --disable-pip-version-check -e .
-"$PY" -c "import sqlalchemy, anyio, sys; print('python', sys.version.split()[0], '| sqlalchemy', sqlalchemy.__version__, '| anyio', anyio.__version__)"
+"$PY" -c "import sys, sqlalchemy, importlib.metadata as m; print('python', sys.version.split()[0], '| sqlalchemy', sqlalchemy.__version__, '| anyio', m.version('anyio'))"
 exec "$PY" -m pytest "$@"
