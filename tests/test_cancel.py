@@ -251,3 +251,41 @@ async def test_cancellation_storm(db_url: str) -> None:
             await conn.run_sync(accounts.metadata.drop_all)
         await engine.dispose()
     assert _worker_threads() <= baseline
+
+
+async def test_cancelled_session_call_is_interrupted_and_rolled_back(db_url: str) -> None:
+    from sqlalchemy_anyio import async_sessionmaker
+
+    engine = create_async_engine(db_url, pool_size=1, max_overflow=0)
+    name = engine.dialect.name
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(accounts.metadata.drop_all)
+            await conn.run_sync(accounts.metadata.create_all)
+        maker = async_sessionmaker(engine)
+        async with maker() as session:
+            await session.execute(accounts.insert(), [{"id": 1, "balance": 5}])
+            started = time.monotonic()
+            with anyio.move_on_after(0.5) as scope:
+                await session.execute(sa.text(LONG_QUERY[name]))
+            assert scope.cancelled_caught
+            assert time.monotonic() - started < 10
+            assert _still_running(db_url, name) == 0
+            # The unit of work was rolled back; the session carries on.
+            assert not session.in_transaction()
+            assert await session.scalar(sa.select(sa.func.count()).select_from(accounts)) == 0
+
+            # A flush cancelled at once: afterwards the session still works.
+            await session.execute(
+                accounts.insert(), [{"id": i, "balance": 1} for i in range(2, 400)]
+            )
+            with anyio.CancelScope() as cancelled:
+                cancelled.cancel()
+                await session.commit()
+            n = await session.scalar(sa.select(sa.func.count()).select_from(accounts))
+            assert n in (0, 398)
+        assert engine.pool.checkedout() == 0
+    finally:
+        async with engine.begin() as conn:
+            await conn.run_sync(accounts.metadata.drop_all)
+        await engine.dispose()

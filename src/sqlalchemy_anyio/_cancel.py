@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session
 
 if TYPE_CHECKING:
     from ._bridge import Worker
@@ -84,6 +85,29 @@ def interrupter_for(conn: Connection) -> Optional[Callable[[], None]]:
     return interrupter
 
 
+def _close_streams(worker: Worker) -> None:
+    for result in worker.take_streams():
+        try:
+            result._close_on_worker()
+        except Exception:  # noqa: BLE001 - the connection is reset next
+            log.debug("closing a stream after cancellation failed", exc_info=True)
+
+
+def session_recoverer(session: Session, worker: Worker) -> Callable[[], None]:
+    """Close streams and roll back a session whose call was cancelled."""
+
+    def recover() -> None:
+        _close_streams(worker)
+        try:
+            if session.in_transaction():
+                session.rollback()
+        except Exception:  # noqa: BLE001 - state unknown: drop the DBAPI connections
+            log.debug("session rollback after cancellation failed", exc_info=True)
+            session.invalidate()
+
+    return recover
+
+
 def recoverer_for(conn: Connection, worker: Worker) -> Callable[[], None]:
     """Close streams and roll back what a cancelled call left open.
 
@@ -93,11 +117,7 @@ def recoverer_for(conn: Connection, worker: Worker) -> Callable[[], None]:
     """
 
     def recover() -> None:
-        for result in worker.take_streams():
-            try:
-                result._close_on_worker()
-            except Exception:
-                log.debug("closing a stream after cancellation failed", exc_info=True)
+        _close_streams(worker)
         if conn.closed or conn.invalidated:
             return
         try:

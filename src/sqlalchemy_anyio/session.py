@@ -233,6 +233,7 @@ class AsyncSession(ReversibleProxy[Session]):
         lease = self._lease = _Lease(pool, worker)
         if lease.exclusive:
             worker.interrupter = _session_interrupter(sync)
+            worker.recover = _cancel.session_recoverer(sync, worker)
         if pool is not None:
             self._finalizer = weakref.finalize(self, lease.release)
         _guard.set_session_owner(sync, worker)
@@ -246,7 +247,7 @@ class AsyncSession(ReversibleProxy[Session]):
             self._finalizer = None
         if lease is not None:
             if lease.exclusive:
-                lease.worker.interrupter = None
+                lease.worker.interrupter = lease.worker.recover = None
             lease.release()
 
     async def _call(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
