@@ -89,7 +89,7 @@ def _close_streams(worker: Worker) -> None:
     for result in worker.take_streams():
         try:
             result._close_on_worker()
-        except Exception:  # noqa: BLE001 - the connection is reset next
+        except Exception:  # the connection is reset next
             log.debug("closing a stream after cancellation failed", exc_info=True)
 
 
@@ -101,7 +101,7 @@ def session_recoverer(session: Session, worker: Worker) -> Callable[[], None]:
         try:
             if session.in_transaction():
                 session.rollback()
-        except Exception:  # noqa: BLE001 - state unknown: drop the DBAPI connections
+        except Exception:  # state unknown: drop the DBAPI connections
             log.debug("session rollback after cancellation failed", exc_info=True)
             session.invalidate()
 
