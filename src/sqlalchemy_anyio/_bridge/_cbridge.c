@@ -31,6 +31,10 @@
 #include <stdlib.h>
 #include <time.h>
 
+#ifndef Py_TPFLAGS_IMMUTABLETYPE
+#define Py_TPFLAGS_IMMUTABLETYPE 0
+#endif
+
 /* -- small helpers ---------------------------------------------------- */
 
 static inline int64_t
@@ -185,8 +189,9 @@ Job_dealloc(Job *self)
     Py_DECREF(tp);
 }
 
-/* Run the call and store its outcome; does not publish it.  GIL held. */
-static void
+/* Run the call and store its outcome, without publishing it; 0 if set()
+ * got there first (then set() publishes).  GIL held. */
+static int
 job_execute(Job *self)
 {
     PyObject *fn = self->fn, *args = self->args, *kwargs = self->kwargs;
@@ -225,10 +230,11 @@ job_execute(Job *self)
         /* Somebody set() the outcome meanwhile; theirs stands. */
         Py_XDECREF(value);
         Py_XDECREF(error);
-        return;
+        return 0;
     }
     self->value = value;
     self->error = error;
+    return 1;
 }
 
 /* Publish the stored outcome.  Returns the waker to call (a new reference,
@@ -260,8 +266,8 @@ call_waker(PyObject *waker)
 static PyObject *
 Job_run(Job *self, PyObject *Py_UNUSED(ignored))
 {
-    job_execute(self);
-    call_waker(job_publish(self));
+    if (job_execute(self))
+        call_waker(job_publish(self));
     Py_RETURN_NONE;
 }
 
@@ -404,7 +410,7 @@ static PyType_Slot Job_slots[] = {
 static PyType_Spec Job_spec = {
     .name = "sqlalchemy_anyio._bridge._cbridge.Job",
     .basicsize = sizeof(Job),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = Job_slots,
 };
 
@@ -665,8 +671,9 @@ Channel_serve(Channel *self, PyObject *Py_UNUSED(ignored))
             Py_RETURN_NONE;
         }
         ran = (Job *)item;
-        job_execute(ran);
-        if (atomic_load_explicit(&ran->state, memory_order_acquire) == WAKER) {
+        if (!job_execute(ran))
+            Py_CLEAR(ran);   /* set() elsewhere: not ours to publish */
+        else if (atomic_load_explicit(&ran->state, memory_order_acquire) == WAKER) {
             call_waker(job_publish(ran));   /* the loop sleeps: wake it now */
             Py_CLEAR(ran);
         }
@@ -695,7 +702,7 @@ static PyType_Slot Channel_slots[] = {
 static PyType_Spec Channel_spec = {
     .name = "sqlalchemy_anyio._bridge._cbridge.Channel",
     .basicsize = sizeof(Channel),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = Channel_slots,
 };
 
