@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import threading
@@ -23,8 +24,9 @@ LONG_QUERY = {
     "mysql": "SELECT SLEEP(20)",
 }
 
+# One table name per process, so parallel runs on one server don't collide.
 accounts = sa.Table(
-    "cxl_accounts",
+    f"cxl_accounts_{os.getpid()}",
     sa.MetaData(),
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("balance", sa.Integer, nullable=False),
