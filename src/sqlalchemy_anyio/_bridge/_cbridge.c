@@ -30,6 +30,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <time.h>
+#include <unistd.h>
 
 #ifndef Py_TPFLAGS_IMMUTABLETYPE
 #define Py_TPFLAGS_IMMUTABLETYPE 0
@@ -87,6 +88,11 @@ spin_while(_Atomic int *flag, int unwanted, int64_t budget_ns)
 
 /* Worker spin budget for the next job (ns), from SQLALCHEMY_ANYIO_WORKER_SPIN_US. */
 static int64_t worker_spin_max = 100 * US;
+/* Workers spinning right now, process-wide, and how many may (half the
+ * cores, at least one): the event loop and the workers at work need CPUs
+ * too, so with many workers on few cores the others park at once. */
+static _Atomic int worker_spinners;
+static int max_worker_spinners = 1;
 /* How long a worker that found a job waits for the loop to let go of the
  * GIL before asking for it (asking while it is held means sleeping on the
  * GIL's condition variable: one more OS wake-up). */
@@ -577,8 +583,15 @@ static int
 channel_spin(Channel *self, int64_t *since)
 {
     int64_t budget = atomic_load_explicit(&self->spin_ns, memory_order_relaxed);
+    int found;
     *since = now_ns();
-    if (spin_while(&self->pending, 0, budget) == 0)
+    if (budget > 0 && atomic_fetch_add(&worker_spinners, 1) < max_worker_spinners)
+        found = spin_while(&self->pending, 0, budget) != 0;
+    else   /* enough workers spin already: they would only take CPU from the rest */
+        found = atomic_load_explicit(&self->pending, memory_order_acquire) != 0;
+    if (budget > 0)
+        atomic_fetch_sub(&worker_spinners, 1);
+    if (!found)
         return 0;
     if (budget != worker_spin_max)
         atomic_store_explicit(&self->spin_ns, worker_spin_max, memory_order_relaxed);
@@ -723,6 +736,8 @@ bridge_exec(PyObject *module)
         }
         worker_spin_max = (int64_t)(us * US);
     }
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    max_worker_spinners = cpus > 2 ? (int)(cpus / 2) : 1;
     st->job_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &Job_spec, NULL);
     if (st->job_type == NULL || PyModule_AddType(module, st->job_type) < 0)
         return -1;
