@@ -168,7 +168,9 @@ class Worker:
             # Off the loop: a network driver's cancel is a round trip.
             interrupt_job = _impl.Job(interrupter, (), None)
             threading.Thread(
-                target=_run_quietly, args=(interrupt_job,), name="sqlalchemy-anyio-interrupt",
+                target=_run_quietly,
+                args=(interrupt_job,),
+                name="sqlalchemy-anyio-interrupt",
                 daemon=True,
             ).start()
         with anyio.CancelScope(shield=True):
@@ -299,7 +301,7 @@ class WorkerPool:
             worker.join(timeout)
 
 
-_live_pools: "weakref.WeakSet[WorkerPool]" = weakref.WeakSet()
+_live_pools: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
 
 
 @atexit.register
