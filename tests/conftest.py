@@ -121,7 +121,17 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
     return url_for(request.param, tmp_path)
 
 
-@pytest.fixture(params=SERVER_DATABASES or [pytest.param("none", marks=pytest.mark.skip)])
+@pytest.fixture(
+    params=SERVER_DATABASES
+    or [
+        pytest.param(
+            "none",
+            marks=pytest.mark.skip(
+                reason="no server database selected (SQLALCHEMY_ANYIO_DATABASES)"
+            ),
+        )
+    ]
+)
 def server_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
     """Each server database/driver in turn (PostgreSQL, MariaDB)."""
     return url_for(request.param, tmp_path)
