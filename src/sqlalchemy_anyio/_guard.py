@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session
 
 from . import exc as async_exc
 
@@ -119,14 +120,67 @@ def set_session_owner(sync_session: Any, worker: Optional[Worker]) -> None:
 
 
 def _check_session(sync_session: Any, what: str) -> None:
-    worker = sync_session.__dict__.get(_SESSION_OWNER_ATTR)
+    worker = getattr(sync_session, _SESSION_OWNER_ATTR, None)
     if worker is None or not worker.is_current():
         raise refusal(what)
 
 
+def _load_kind(execution_options: Any) -> str:
+    load_options = (execution_options or {}).get("_sa_orm_load_options")
+    if getattr(load_options, "_lazy_loaded_from", None) is not None:
+        return "A lazy load of a relationship"
+    if getattr(load_options, "_refresh_state", None) is not None:
+        return "A load of expired or deferred column attributes"
+    return "An ORM statement"
+
+
+class _GuardedSession(Session):
+    """Refuses SQL off the owner worker, before autoflush or any checkout.
+
+    Overrides rather than session event listeners: listening on each new
+    Session costs ~85 µs, and ``do_orm_execute`` ~45 µs per statement.
+    """
+
+    _sqlalchemy_anyio_session_worker: Optional[Worker] = None
+
+    def _execute_internal(self, *args: Any, **kw: Any) -> Any:
+        worker = self._sqlalchemy_anyio_session_worker
+        if worker is None or not worker.is_current():
+            raise refusal(_load_kind(kw.get("execution_options")) + " through an AsyncSession")
+        return super()._execute_internal(*args, **kw)
+
+    def _flush(self, *args: Any, **kw: Any) -> None:
+        _check_session(self, "A flush (possibly an autoflush) of an AsyncSession")
+        super()._flush(*args, **kw)
+
+    def commit(self) -> None:
+        _check_session(self, "A commit of an AsyncSession")
+        super().commit()
+
+
+_guarded_sessions: dict[type[Session], type[Session]] = {Session: _GuardedSession}
+
+
+def guarded_session_class(cls: Any) -> Optional[type[Session]]:
+    """The guarded subclass of a Session class, or None for other callables."""
+    if not (isinstance(cls, type) and issubclass(cls, Session)):
+        return None
+    if issubclass(cls, _GuardedSession):
+        return cls
+    with _installed_lock:
+        guarded = _guarded_sessions.get(cls)
+        if guarded is None:
+            guarded = type(cls.__name__, (_GuardedSession, cls), {"__module__": cls.__module__})
+            _guarded_sessions[cls] = guarded
+        return guarded
+
+
+# Event-based guard, for a sync_session_class that is not a Session subclass.
+
+
 def _session_before_execute(orm_execute_state: Any) -> None:
     session = orm_execute_state.session
-    worker = session.__dict__.get(_SESSION_OWNER_ATTR)
+    worker = getattr(session, _SESSION_OWNER_ATTR, None)
     if worker is not None and worker.is_current():
         return
     if getattr(orm_execute_state, "is_relationship_load", False):

@@ -190,10 +190,12 @@ class AsyncSession(ReversibleProxy[Session]):
             self.sync_session_class = sync_session_class
         self._lease: Optional[_Lease] = None
         self._finalizer: Optional[weakref.finalize[Any, Any]] = None
+        guarded = _guard.guarded_session_class(self.sync_session_class)
         self.sync_session = self._proxied = self._assign_proxied(
-            self.sync_session_class(bind=sync_bind, binds=sync_binds, **kw)
+            (guarded or self.sync_session_class)(bind=sync_bind, binds=sync_binds, **kw)
         )
-        _guard.guard_session(self.sync_session)
+        if guarded is None:  # a factory, not a Session subclass: guard with events
+            _guard.guard_session(self.sync_session)
 
     # -- the worker ---------------------------------------------------------
 
