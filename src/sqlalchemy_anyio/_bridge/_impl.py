@@ -43,7 +43,7 @@ def _micros(name: str, default: float) -> float:
 #: Seconds the loop side may wait, without the GIL and without yielding, for a
 #: call it just handed over, when no other task is ready.  Only the C bridge
 #: can wait without the GIL; the pure-Python one never spins.
-LOOP_SPIN = _micros("SQLALCHEMY_ANYIO_LOOP_SPIN_US", 150) if ACCELERATED else 0.0
+LOOP_SPIN = _micros("SQLALCHEMY_ANYIO_LOOP_SPIN_US", 500) if ACCELERATED else 0.0
 
 _get_running_loop = asyncio._get_running_loop
 #: Loop classes without an inspectable run queue (uvloop): never spin there.
