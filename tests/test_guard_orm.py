@@ -176,6 +176,10 @@ async def test_sync_session_calls_from_loop_refused(guarded: tuple[AsyncEngine, 
         assert "flush" in str(info.value)
         with pytest.raises(WorkerThreadRequired):
             sync.commit()
+        with pytest.raises(WorkerThreadRequired):
+            sync.rollback()
+        with pytest.raises(WorkerThreadRequired):
+            sync.connection()
         assert probe.snapshot() == before
         await s.commit()  # on the worker: fine, and the pending object lands
         assert await s.scalar(select(sa.func.count()).select_from(Parent)) == 2

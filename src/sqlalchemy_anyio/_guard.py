@@ -157,6 +157,14 @@ class _GuardedSession(Session):
         _check_session(self, "A commit of an AsyncSession")
         super().commit()
 
+    def rollback(self) -> None:
+        _check_session(self, "A rollback of an AsyncSession")
+        super().rollback()
+
+    def connection(self, *args: Any, **kw: Any) -> Connection:
+        _check_session(self, "Checking out a connection for an AsyncSession")
+        return super().connection(*args, **kw)
+
 
 _guarded_sessions: dict[type[Session], type[Session]] = {Session: _GuardedSession}
 
