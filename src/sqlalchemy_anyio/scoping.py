@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import (
+    TYPE_CHECKING,
     Any,
     Callable,
     Dict,
@@ -24,6 +25,14 @@ from sqlalchemy.util import ScopedRegistry
 
 from .engine import AsyncConnection
 from .result import AsyncResult, AsyncScalarResult
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine.interfaces import _CoreAnyExecuteParams
+    from sqlalchemy.orm._typing import OrmExecuteOptionsParameter
+    from sqlalchemy.orm.interfaces import ORMOption
+    from sqlalchemy.orm.session import _BindArguments, _PKIdentityArgument
+    from sqlalchemy.sql.base import Executable
+    from sqlalchemy.sql.selectable import ForUpdateParameter
 from .session import (
     _AS,
     AsyncSession,
@@ -136,8 +145,22 @@ class async_scoped_session(Generic[_AS]):
     async def delete_all(self, instances: Iterable[object]) -> None:
         await self._proxied.delete_all(instances)  # type: ignore[attr-defined, unused-ignore]
 
-    async def execute(self, statement: Any, params: Any = None, **kw: Any) -> Result[Any]:
-        return await self._proxied.execute(statement, params, **kw)
+    async def execute(
+        self,
+        statement: Executable,
+        params: Optional[_CoreAnyExecuteParams] = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = sa_util.EMPTY_DICT,
+        bind_arguments: Optional[_BindArguments] = None,
+        **kw: Any,
+    ) -> Result[Any]:
+        return await self._proxied.execute(
+            statement,
+            params,
+            execution_options=execution_options,
+            bind_arguments=bind_arguments,
+            **kw,
+        )
 
     def expire(self, instance: object, attribute_names: Optional[Iterable[str]] = None) -> None:
         self._proxied.expire(instance, attribute_names=attribute_names)
@@ -201,25 +224,115 @@ class async_scoped_session(Generic[_AS]):
     async def rollback(self) -> None:
         await self._proxied.rollback()
 
-    async def scalar(self, statement: Any, params: Any = None, **kw: Any) -> Any:
-        return await self._proxied.scalar(statement, params, **kw)
+    async def scalar(
+        self,
+        statement: Executable,
+        params: Optional[_CoreAnyExecuteParams] = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = sa_util.EMPTY_DICT,
+        bind_arguments: Optional[_BindArguments] = None,
+        **kw: Any,
+    ) -> Any:
+        return await self._proxied.scalar(
+            statement,
+            params,
+            execution_options=execution_options,
+            bind_arguments=bind_arguments,
+            **kw,
+        )
 
-    async def scalars(self, statement: Any, params: Any = None, **kw: Any) -> ScalarResult[Any]:
-        return await self._proxied.scalars(statement, params, **kw)
+    async def scalars(
+        self,
+        statement: Executable,
+        params: Optional[_CoreAnyExecuteParams] = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = sa_util.EMPTY_DICT,
+        bind_arguments: Optional[_BindArguments] = None,
+        **kw: Any,
+    ) -> ScalarResult[Any]:
+        return await self._proxied.scalars(
+            statement,
+            params,
+            execution_options=execution_options,
+            bind_arguments=bind_arguments,
+            **kw,
+        )
 
-    async def get(self, entity: Any, ident: Any, **kw: Any) -> Any:
-        return await self._proxied.get(entity, ident, **kw)
+    async def get(
+        self,
+        entity: Any,
+        ident: _PKIdentityArgument,
+        *,
+        options: Optional[Sequence[ORMOption]] = None,
+        populate_existing: bool = False,
+        with_for_update: ForUpdateParameter = None,
+        identity_token: Optional[Any] = None,
+        execution_options: OrmExecuteOptionsParameter = sa_util.EMPTY_DICT,
+    ) -> Any:
+        return await self._proxied.get(
+            entity,
+            ident,
+            options=options,
+            populate_existing=populate_existing,
+            with_for_update=with_for_update,
+            identity_token=identity_token,
+            execution_options=execution_options,
+        )
 
-    async def get_one(self, entity: Any, ident: Any, **kw: Any) -> Any:
-        return await self._proxied.get_one(entity, ident, **kw)
+    async def get_one(
+        self,
+        entity: Any,
+        ident: _PKIdentityArgument,
+        *,
+        options: Optional[Sequence[ORMOption]] = None,
+        populate_existing: bool = False,
+        with_for_update: ForUpdateParameter = None,
+        identity_token: Optional[Any] = None,
+        execution_options: OrmExecuteOptionsParameter = sa_util.EMPTY_DICT,
+    ) -> Any:
+        return await self._proxied.get_one(
+            entity,
+            ident,
+            options=options,
+            populate_existing=populate_existing,
+            with_for_update=with_for_update,
+            identity_token=identity_token,
+            execution_options=execution_options,
+        )
 
-    async def stream(self, statement: Any, params: Any = None, **kw: Any) -> AsyncResult[Any]:
-        return await self._proxied.stream(statement, params, **kw)
+    async def stream(
+        self,
+        statement: Executable,
+        params: Optional[_CoreAnyExecuteParams] = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = sa_util.EMPTY_DICT,
+        bind_arguments: Optional[_BindArguments] = None,
+        **kw: Any,
+    ) -> AsyncResult[Any]:
+        return await self._proxied.stream(
+            statement,
+            params,
+            execution_options=execution_options,
+            bind_arguments=bind_arguments,
+            **kw,
+        )
 
     async def stream_scalars(
-        self, statement: Any, params: Any = None, **kw: Any
+        self,
+        statement: Executable,
+        params: Optional[_CoreAnyExecuteParams] = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = sa_util.EMPTY_DICT,
+        bind_arguments: Optional[_BindArguments] = None,
+        **kw: Any,
     ) -> AsyncScalarResult[Any]:
-        return await self._proxied.stream_scalars(statement, params, **kw)
+        return await self._proxied.stream_scalars(
+            statement,
+            params,
+            execution_options=execution_options,
+            bind_arguments=bind_arguments,
+            **kw,
+        )
 
     async def run_sync(self, fn: Callable[..., Any], *arg: Any, **kw: Any) -> Any:
         return await self._proxied.run_sync(fn, *arg, **kw)
