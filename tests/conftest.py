@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -159,3 +160,21 @@ async def sqlite_engine(sqlite_url: str) -> AsyncIterator[AsyncEngine]:
 @pytest.fixture
 def metadata() -> Iterator[sa.MetaData]:
     yield sa.MetaData()
+
+
+@pytest.fixture
+async def table(engine: AsyncEngine, metadata: sa.MetaData) -> AsyncIterator[sa.Table]:
+    """A fresh (id, name) table with a unique ``eng_`` name: runs may share a server."""
+    t = sa.Table(
+        f"eng_{uuid.uuid4().hex[:12]}",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("name", sa.String(30)),
+    )
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    try:
+        yield t
+    finally:
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.drop_all)

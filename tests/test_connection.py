@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -17,24 +16,6 @@ from sqlalchemy_anyio import AsyncEngine, AsyncResult, AsyncTransaction
 pytestmark = pytest.mark.anyio
 
 ROWS = [{"id": i, "name": f"n{i}"} for i in range(1, 8)]
-
-
-@pytest.fixture
-async def table(engine: AsyncEngine, metadata: sa.MetaData) -> AsyncIterator[sa.Table]:
-    """A fresh ``eng_`` table (unique name: other runs may share the server)."""
-    t = sa.Table(
-        f"eng_conn_{uuid.uuid4().hex[:10]}",
-        metadata,
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-        sa.Column("name", sa.String(30)),
-    )
-    async with engine.begin() as conn:
-        await conn.run_sync(metadata.create_all)
-    try:
-        yield t
-    finally:
-        async with engine.begin() as conn:
-            await conn.run_sync(metadata.drop_all)
 
 
 @pytest.fixture

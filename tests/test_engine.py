@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -20,24 +18,6 @@ from sqlalchemy_anyio import (
 )
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def table(engine: AsyncEngine, metadata: sa.MetaData) -> AsyncIterator[sa.Table]:
-    """A fresh ``eng_`` table (unique name: other runs may share the server)."""
-    t = sa.Table(
-        f"eng_engine_{uuid.uuid4().hex[:10]}",
-        metadata,
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-        sa.Column("name", sa.String(30)),
-    )
-    async with engine.begin() as conn:
-        await conn.run_sync(metadata.create_all)
-    try:
-        yield t
-    finally:
-        async with engine.begin() as conn:
-            await conn.run_sync(metadata.drop_all)
 
 
 async def _count(engine: AsyncEngine, table: sa.Table) -> int:
