@@ -13,6 +13,7 @@ import importlib.util
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -178,3 +179,18 @@ async def table(engine: AsyncEngine, metadata: sa.MetaData) -> AsyncIterator[sa.
     finally:
         async with engine.begin() as conn:
             await conn.run_sync(metadata.drop_all)
+
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for a child Python that must import this checkout, if that
+    is where the package under test came from."""
+    import sqlalchemy_anyio
+
+    env = os.environ.copy()
+    if SRC in Path(sqlalchemy_anyio.__file__).resolve().parents:
+        parts = [str(SRC), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+        env["PYTHONPATH"] = os.pathsep.join(parts)
+    return env

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -10,9 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import sqlalchemy_anyio
-
-SRC = Path(__file__).resolve().parents[1] / "src"
+from conftest import subprocess_env
 
 SCRIPT = textwrap.dedent(
     """
@@ -66,16 +63,6 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _env() -> dict[str, str]:
-    """Make the subprocess import this checkout when that is where it came from."""
-    env = os.environ.copy()
-    module_file = Path(sqlalchemy_anyio.__file__).resolve()
-    if SRC in module_file.parents:
-        parts = [str(SRC), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
-        env["PYTHONPATH"] = os.pathsep.join(parts)
-    return env
-
-
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_core_round_trip_with_greenlet_blocked(backend: str, tmp_path: Path) -> None:
     if backend == "trio":
@@ -83,7 +70,7 @@ def test_core_round_trip_with_greenlet_blocked(backend: str, tmp_path: Path) -> 
     url = f"sqlite:///{tmp_path / 'nogreenlet.db'}"
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT, backend, url],
-        env=_env(),
+        env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=120,
@@ -96,7 +83,11 @@ def test_blocker_really_blocks() -> None:
     """The finder used above does stop an import of greenlet (it is installed here)."""
     code = SCRIPT.split('assert "greenlet" not in sys.modules', 1)[0] + "import greenlet\n"
     proc = subprocess.run(
-        [sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", code],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode != 0
     assert "greenlet is blocked by the test" in proc.stderr

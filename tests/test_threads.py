@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -13,13 +12,12 @@ import anyio
 import pytest
 import sqlalchemy as sa
 
-import sqlalchemy_anyio
+from conftest import subprocess_env
 from sqlalchemy_anyio import create_async_engine
 
 pytestmark = pytest.mark.anyio
 
 WORKER_PREFIX = "sqlalchemy-anyio-worker-"
-SRC = Path(__file__).resolve().parents[1] / "src"
 ONE = sa.select(sa.literal(1))
 
 
@@ -137,14 +135,6 @@ EXIT_SCRIPT = textwrap.dedent(
 )
 
 
-def _env() -> dict[str, str]:
-    env = os.environ.copy()
-    if SRC in Path(sqlalchemy_anyio.__file__).resolve().parents:
-        parts = [str(SRC), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
-        env["PYTHONPATH"] = os.pathsep.join(parts)
-    return env
-
-
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_interpreter_exits_without_dispose(backend: str, tmp_path: Path) -> None:
     if backend == "trio":
@@ -152,7 +142,7 @@ def test_interpreter_exits_without_dispose(backend: str, tmp_path: Path) -> None
     url = f"sqlite:///{tmp_path / 'exit.db'}"
     proc = subprocess.run(
         [sys.executable, "-c", EXIT_SCRIPT, backend, url],
-        env=_env(),
+        env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=60,
