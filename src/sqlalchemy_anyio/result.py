@@ -78,10 +78,6 @@ class AsyncCommon(Generic[_R]):
                 "before the first 'async for'."
             )
 
-    async def _take(self, fetch: Any, *args: Any) -> Any:
-        """Run a fetch method on the worker after handing out buffered rows."""
-        return await self._worker.call(fetch, *args)
-
     async def _drain_then(self, method: Any, *args: Any) -> list[_R]:
         rows = list(self._buffer)
         self._buffer.clear()
@@ -89,15 +85,8 @@ class AsyncCommon(Generic[_R]):
 
     async def partitions(self, size: Optional[int] = None) -> AsyncIterator[Sequence[_R]]:
         """Iterate over sub-lists of rows of the size given (one hop each)."""
-        fetchmany = self._view.fetchmany
         while True:
-            if self._buffer:
-                want = size or len(self._buffer)
-                part = [self._buffer.popleft() for _ in range(min(want, len(self._buffer)))]
-                if len(part) < want:
-                    part.extend(await self._worker.call(fetchmany, want - len(part)))
-            else:
-                part = await self._worker.call(fetchmany, size)
+            part = await self.fetchmany(size)
             if not part:
                 break
             yield part
