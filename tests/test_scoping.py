@@ -94,7 +94,7 @@ async def test_proxies_and_configure(sc_engine: AsyncEngine) -> None:
     await scoped.refresh(item)
     assert scoped.is_active and scoped.bind is sc_engine
     conn = await scoped.connection()
-    assert conn._worker is session._worker
+    assert conn._current_worker() is session._worker
     assert [r async for r in await scoped.stream_scalars(select(Item.name))] == ["x"]
     await scoped.rollback()
     assert not scoped.in_transaction()

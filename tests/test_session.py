@@ -329,7 +329,7 @@ async def test_connection_shares_the_session_worker(lite: AsyncEngine) -> None:
     async with AsyncSession(lite) as s:
         conn = await s.connection()
         assert isinstance(conn, AsyncConnection)
-        assert conn._worker is s._worker and not conn._owns_worker
+        assert conn._current_worker() is s._worker and conn._worker is None
         assert await s.connection() is conn
         await conn.execute(sa.insert(User).values(name="via conn"))
         assert await s.scalar(select(User.name)) == "via conn"
@@ -580,6 +580,7 @@ async def test_memory_database_shared_worker() -> None:
             s1.add(User(name="mem"))
             await s1.commit()
             assert await s2.scalar(select(User.name)) == "mem"
-            assert s1._worker is s2._worker
+            thread_of = lambda sync_session: threading.get_ident()  # noqa: E731
+            assert await s1.run_sync(thread_of) == await s2.run_sync(thread_of)
     finally:
         await eng.dispose()

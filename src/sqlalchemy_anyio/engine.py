@@ -42,6 +42,7 @@ from ._base import (
 )
 from ._bridge import SharedWorkerPool, Worker, WorkerPool
 from ._buffer import buffer_result
+from ._pool import WorkerQueuePool
 from ._urls import to_sync_url
 from .result import AsyncResult, AsyncScalarResult
 
@@ -90,6 +91,7 @@ def create_async_engine(url: Union[str, URL], **kw: Any) -> AsyncEngine:
     kw.pop("_is_async", None)
     sync_url = to_sync_url(url)
     _sqlite_defaults(sync_url, kw)
+    _worker_pool_default(sync_url, kw)
     return AsyncEngine(_create_engine(sync_url, **kw))
 
 
@@ -114,7 +116,24 @@ def create_async_pool_from_url(url: Union[str, URL], **kwargs: Any) -> sa_pool.P
     kwargs.pop("_is_async", None)
     sync_url = to_sync_url(url)
     _sqlite_defaults(sync_url, kwargs)
+    _worker_pool_default(sync_url, kwargs)
     return _create_pool_from_url(sync_url, **kwargs)
+
+
+def _worker_pool_default(url: URL, kw: Dict[str, Any]) -> None:
+    """Use :class:`WorkerQueuePool` where a plain QueuePool would be used.
+
+    That is the dialect's default, ``QueuePool`` and ``AsyncAdaptedQueuePool``
+    (which code written for the official extension may name).  Other pool
+    classes, and ready-made ``pool=`` objects, are kept as they are.
+    """
+    if "pool" in kw:
+        return
+    poolclass = kw.get("poolclass")
+    if poolclass is None:
+        poolclass = url.get_dialect().get_pool_class(url)  # type: ignore[attr-defined]
+    if poolclass in (sa_pool.QueuePool, sa_pool.AsyncAdaptedQueuePool):
+        kw["poolclass"] = WorkerQueuePool
 
 
 def _sqlite_defaults(url: URL, kw: Dict[str, Any]) -> None:
@@ -162,21 +181,26 @@ def _pool_capacity(pool: sa_pool.Pool) -> Optional[int]:
     return None
 
 
-def workers_for(engine: Engine) -> WorkerPool | SharedWorkerPool:
-    """The worker pool of an engine (shared by its execution_options copies).
+def workers_for(engine: Engine) -> WorkerQueuePool | WorkerPool | SharedWorkerPool:
+    """Where an engine's callers lease workers (shared by execution_options copies).
 
-    Pools that hand one DBAPI connection to everybody (StaticPool) or one
-    per thread (SingletonThreadPool) get a single shared worker, so that
-    connection only ever meets one thread.
+    A :class:`WorkerQueuePool` is its own source: its workers carry its
+    connections.  Pools that hand one DBAPI connection to everybody
+    (StaticPool) or one per thread (SingletonThreadPool) get a single shared
+    worker, so that connection only ever meets one thread.  Any other pool
+    (NullPool, custom pools) gets a bounded set of plain workers.
     """
     root = _root_engine(engine)
+    pool = root.pool
+    if isinstance(pool, WorkerQueuePool):
+        return pool
     with _pools_lock:
         workers = _pools.get(root)
         if workers is None:
-            if isinstance(root.pool, (sa_pool.StaticPool, sa_pool.SingletonThreadPool)):
+            if isinstance(pool, (sa_pool.StaticPool, sa_pool.SingletonThreadPool)):
                 workers = SharedWorkerPool()
             else:
-                capacity = _pool_capacity(root.pool)
+                capacity = _pool_capacity(pool)
                 workers = WorkerPool(capacity if capacity else DEFAULT_WORKER_LIMIT)
             _pools[root] = workers
     return workers
@@ -187,10 +211,13 @@ async def lease_worker(engine: Engine) -> Worker:
 
     Workers are bounded by the pool's capacity, so a lease that waits too
     long fails the way an exhausted pool does: with ``sqlalchemy.exc.TimeoutError``.
+    Give the worker back with ``worker.pool.release(worker)``.
     """
+    workers = workers_for(engine)
+    if isinstance(workers, WorkerQueuePool):
+        return await workers.lease()
     pool = engine.pool
     timeout = pool.timeout() if isinstance(pool, sa_pool.QueuePool) else None
-    workers = workers_for(engine)
     try:
         return await workers.lease(timeout)
     except TimeoutError:
@@ -201,6 +228,20 @@ async def lease_worker(engine: Engine) -> Worker:
             else "timed out waiting for a worker thread",
             code="3o7r",
         ) from None
+
+
+_spare: Optional[WorkerPool] = None
+
+
+def spare_workers() -> WorkerPool:
+    """Workers tied to no engine: sessions whose bind is only known per
+    statement (several engines, a custom ``get_bind()``), ``raw_connection()``.
+    Connections they check out are opened and closed on them (see ``_pool``)."""
+    global _spare
+    with _pools_lock:
+        if _spare is None:
+            _spare = WorkerPool(DEFAULT_WORKER_LIMIT)
+        return _spare
 
 
 # --------------------------------------------------------------------------
@@ -254,31 +295,50 @@ class AsyncEngine(ProxyComparable[Engine], AsyncConnectable):
         return self._connection_cls(self)
 
     async def raw_connection(self) -> PoolProxiedConnection:
-        """A pooled DBAPI connection, checked out on a worker thread.
+        """A pooled DBAPI connection, checked out on a spare worker thread.
 
         It is a synchronous object: use it from a ``run_sync``-style worker
-        or close it promptly.
+        or close it promptly.  It is not one of the pool's worker-owned
+        connections but one opened for it (and closed when it is closed),
+        counted against the pool's limit.
         """
-        worker = await lease_worker(self.sync_engine)
+        spare = spare_workers()
+        worker = await spare.lease()
         try:
             return await worker.call(self.sync_engine.raw_connection)
         finally:
-            workers_for(self.sync_engine).release(worker)
+            spare.release(worker)
 
     def execution_options(self, **opt: Any) -> AsyncEngine:
         """A copy of this engine with the given execution options."""
         return AsyncEngine(self.sync_engine.execution_options(**opt))
 
     async def dispose(self, close: bool = True) -> None:
-        """Dispose of the connection pool and end the idle worker threads."""
-        # A short-lived worker of its own: leased workers may all be busy.
-        worker = Worker()
-        try:
-            await worker.call_shielded(self.sync_engine.dispose, close=close)
-        finally:
-            worker.stop()
-            await worker.wait_stopped()
-        await workers_for(self.sync_engine).dispose()
+        """Dispose of the connection pool and end the idle worker threads.
+
+        Every idle connection is closed on the thread that owns it; those
+        checked out now are closed when they are given back.
+        """
+        workers = workers_for(self.sync_engine)
+        if isinstance(workers, SharedWorkerPool):
+            # The one connection belongs to the shared worker: close it
+            # there, after whatever that worker is running now.
+            worker = await workers.lease()
+            try:
+                await worker.call_shielded(self.sync_engine.dispose, close=close)
+            finally:
+                workers.release(worker)
+        else:
+            # A short-lived thread of its own: dispose() waits for the idle
+            # workers to close their connections, and leased ones may be busy.
+            worker = Worker()
+            try:
+                await worker.call_shielded(self.sync_engine.dispose, close=close)
+            finally:
+                worker.stop()
+                await worker.wait_stopped()
+        if not isinstance(workers, WorkerQueuePool):
+            await workers.dispose()
 
     def clear_compiled_cache(self) -> None:
         """Clear the compiled cache associated with the dialect."""
@@ -354,29 +414,24 @@ class AsyncConnection(
 ):
     """An async proxy for a :class:`~sqlalchemy.engine.Connection`."""
 
-    __slots__ = ("_owns_worker", "_worker", "engine", "sync_connection", "sync_engine")
+    __slots__ = ("_finalizer", "_worker", "engine", "sync_connection", "sync_engine")
 
     def __init__(
-        self,
-        async_engine: AsyncEngine,
-        sync_connection: Optional[Connection] = None,
-        *,
-        worker: Optional[Worker] = None,
+        self, async_engine: AsyncEngine, sync_connection: Optional[Connection] = None
     ) -> None:
         self.engine = async_engine
         self.sync_engine = async_engine.sync_engine
         self.sync_connection = self._assign_proxied(sync_connection)
-        #: The worker all calls run on; leased at start() unless given.
-        self._worker: Optional[Worker] = worker
-        self._owns_worker = False
+        #: The worker this connection leased at start() and gives back at
+        #: close().  None for a proxy of somebody else's connection (a
+        #: session's): its calls go to the worker that owns it.
+        self._worker: Optional[Worker] = None
+        #: Gives the worker back if this object is dropped without close().
+        self._finalizer: Optional[weakref.finalize[Any, Any]] = None
 
     @classmethod
     def _regenerate_proxy_for_target(cls, target: Connection, **kw: Any) -> AsyncConnection:
-        return AsyncConnection(
-            AsyncEngine._retrieve_proxy_for_target(target.engine),
-            target,
-            worker=_guard.owner_of(target),
-        )
+        return AsyncConnection(AsyncEngine._retrieve_proxy_for_target(target.engine), target)
 
     async def start(self, is_ctxmanager: bool = False) -> AsyncConnection:
         """Check out a connection on a leased worker thread."""
@@ -388,27 +443,34 @@ class AsyncConnection(
                 _close_quietly, _guard.connect_on_worker, self.sync_engine, worker
             )
         except BaseException:
-            workers_for(self.sync_engine).release(worker)
+            worker.pool.release(worker)
             raise
         self._worker = worker
-        self._owns_worker = True
+        finalizer = self._finalizer = weakref.finalize(self, _abandoned, worker, sync_connection)
+        finalizer.atexit = False
         _cancel.arm(worker, sync_connection)
         self.sync_connection = self._assign_proxied(sync_connection)
         return self
 
+    def _current_worker(self) -> Optional[Worker]:
+        """The worker to run on: ours, or the owner of the proxied connection."""
+        return self._worker or _guard.owner_of(self._proxied)
+
     async def _call(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         worker = self._worker
         if worker is None:
-            if self._proxied.closed:
-                # Closed for good: nothing can reach the database, and a worker
-                # leased here would never be given back.  SQLAlchemy raises
-                # ResourceClosedError (or, for rollback(), does nothing).
+            conn = self._proxied
+            if conn.closed:
+                # Closed for good: nothing can reach the database.  SQLAlchemy
+                # raises ResourceClosedError (or, for rollback(), does nothing).
                 return fn(*args, **kwargs)
-            # A proxy regenerated for a connection we did not start: lease
-            # a worker now and keep it until close().
-            worker = self._worker = await lease_worker(self.sync_engine)
-            self._owns_worker = True
-            _cancel.arm(worker, self._proxied)
+            worker = _guard.owner_of(conn)
+            if worker is None:
+                # A proxy for a connection no worker owns (opened by sync
+                # code elsewhere): lease a worker now, keep it until close().
+                worker = self._worker = await lease_worker(self.sync_engine)
+                _guard.claim(conn, worker)
+                _cancel.arm(worker, conn)
         return await worker.call(fn, *args, **kwargs)
 
     async def _call_shielded(self, fn: Callable[..., _T], *args: Any) -> _T:
@@ -503,8 +565,13 @@ class AsyncConnection(
         """Close the connection (rolling back any transaction) and free its worker."""
         sync_connection = self.sync_connection
         worker = self._worker
+        if worker is None:
+            # Not ours to give back (a session's connection), or never started.
+            if sync_connection is not None and not sync_connection.closed:
+                await self._call_shielded(sync_connection.close)
+            return
         try:
-            if sync_connection is not None and worker is not None:
+            if sync_connection is not None:
                 if worker.broken:
                     # Still stuck in a statement that ignored its interrupt:
                     # queue the close behind it rather than wait for it.
@@ -517,9 +584,11 @@ class AsyncConnection(
 
     def _release_worker(self) -> None:
         worker, self._worker = self._worker, None
-        if worker is not None and self._owns_worker:
-            self._owns_worker = False
-            workers_for(self.sync_engine).release(worker)
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        if worker is not None:
+            worker.pool.release(worker)
 
     async def aclose(self) -> None:
         """A synonym for :meth:`close`, for ``contextlib.aclosing``."""
@@ -568,8 +637,9 @@ class AsyncConnection(
             await ar._close_shielded()
 
     def _require_worker(self) -> Worker:
-        assert self._worker is not None
-        return self._worker
+        worker = self._current_worker()
+        assert worker is not None
+        return worker
 
     async def execute(
         self,
@@ -677,6 +747,16 @@ def _buffered_call(
 
 def _close_quietly(connection: Connection) -> None:
     connection.close()
+
+
+def _abandoned(worker: Worker, connection: Connection) -> None:
+    """Finalizer of an AsyncConnection dropped unclosed: close it on its worker
+    (after whatever is queued there) and give the worker back."""
+    try:
+        worker.submit(_close_quietly, connection)
+    except RuntimeError:  # the worker has stopped
+        pass
+    worker.pool.release(worker)
 
 
 # --------------------------------------------------------------------------

@@ -9,7 +9,7 @@ by the guard (see ``_guard.guard_session``).
 
 from __future__ import annotations
 
-import threading
+import functools
 import warnings
 import weakref
 from typing import (
@@ -43,9 +43,9 @@ from sqlalchemy.orm import state as _instance_state
 from . import _cancel, _guard
 from . import exc as async_exc
 from ._base import ReversibleProxy, StartableContext
-from ._bridge import SharedWorkerPool, Worker, WorkerPool
+from ._bridge import Worker
 from ._buffer import buffer_result
-from .engine import DEFAULT_WORKER_LIMIT, AsyncConnection, AsyncEngine, lease_worker, workers_for
+from .engine import AsyncConnection, AsyncEngine, lease_worker, spare_workers
 from .result import AsyncResult, AsyncScalarResult
 
 if TYPE_CHECKING:
@@ -64,22 +64,9 @@ _T = TypeVar("_T")
 _O = TypeVar("_O", bound=object)
 
 _AsyncSessionBind = Union[AsyncEngine, AsyncConnection]
-_AnyPool = Union[WorkerPool, SharedWorkerPool]
 
 _EXECUTE_OPTIONS = sa_util.immutabledict({"prebuffer_rows": True})
 _STREAM_OPTIONS = sa_util.immutabledict({"stream_results": True})
-
-#: Workers for sessions whose bind is not known up front (custom get_bind()).
-_fallback_workers: Optional[WorkerPool] = None
-_fallback_lock = threading.Lock()
-
-
-def _fallback_pool() -> WorkerPool:
-    global _fallback_workers
-    with _fallback_lock:
-        if _fallback_workers is None:
-            _fallback_workers = WorkerPool(DEFAULT_WORKER_LIMIT)
-        return _fallback_workers
 
 
 def _to_sync_bind(bind: Any) -> Union[Engine, Connection]:
@@ -94,20 +81,42 @@ def _to_sync_bind(bind: Any) -> Union[Engine, Connection]:
 
 
 class _Lease:
-    """One worker leased by one session; released exactly once (also on GC)."""
+    """The worker a session runs on; given back exactly once (also on GC)."""
 
-    __slots__ = ("__weakref__", "exclusive", "pool", "worker")
+    __slots__ = ("__weakref__", "exclusive", "owned", "worker")
 
-    def __init__(self, pool: Optional[_AnyPool], worker: Worker) -> None:
-        self.pool = pool
+    def __init__(self, worker: Worker, owned: bool) -> None:
         self.worker = worker
+        #: False when the session runs on the worker of a connection it is
+        #: bound to: that worker is the connection's to give back.
+        self.owned = owned
         #: Only an exclusive worker may carry this session's interrupter.
-        self.exclusive = pool is not None and not getattr(pool, "shared", False)
+        self.exclusive = owned and not getattr(worker.pool, "shared", False)
 
     def release(self) -> None:
-        pool, self.pool = self.pool, None
-        if pool is not None:
-            pool.release(self.worker)
+        if self.owned:
+            self.owned = False
+            self.worker.pool.release(self.worker)
+
+
+def _holds_connection(sync_session: Session) -> bool:
+    """Whether the session's transaction has a connection checked out."""
+    trans = sync_session._transaction
+    while trans is not None:
+        if trans._connections:
+            return True
+        trans = trans._parent
+    return False
+
+
+def _exit_and_close(
+    sync_transaction: SessionTransaction, sync_session: Session, type_: Any, value: Any, tb: Any
+) -> None:
+    """End ``async with maker.begin()`` in one hop: commit (or roll back), then close."""
+    try:
+        sync_transaction.__exit__(type_, value, tb)
+    finally:
+        sync_session.close()
 
 
 def _session_interrupter(sync_session: Session) -> Callable[[], None]:
@@ -198,77 +207,95 @@ class AsyncSession(ReversibleProxy[Session]):
             _guard.guard_session(self.sync_session)
 
     # -- the worker ---------------------------------------------------------
+    #
+    # The session holds a worker only while its transaction holds a
+    # connection: from the first statement until commit, rollback or close.
+    # Calls that need no connection lease one for their duration only.
 
     @property
     def _worker(self) -> Optional[Worker]:
         lease = self._lease
         return lease.worker if lease is not None else None
 
-    async def _acquire(self) -> Worker:
-        """Lease this session's worker (first use after creation or close)."""
-        pool: Optional[_AnyPool]
+    def _lease_bind(self) -> Any:
+        """The one Engine or Connection this session's SQL goes to, if known."""
+        bind = self.sync_session.bind
+        if bind is not None or not self._async_binds:
+            return bind
+        binds = {_to_sync_bind(b) for b in self._async_binds.values()}
+        for candidate in binds:
+            if isinstance(candidate, Connection):
+                return candidate
+        roots = {candidate.engine for candidate in binds}
+        return roots.pop() if len(roots) == 1 else None
+
+    async def _acquire(self) -> _Lease:
+        """Lease a worker: the bind engine's (with its connection), or a spare one."""
         sync = self.sync_session
-        bind: Any = sync.bind
-        if bind is None:
-            for candidate in self._async_binds.values():
-                bind = _to_sync_bind(candidate)
-                if isinstance(bind, Connection):
-                    break
+        bind = self._lease_bind()
         if isinstance(bind, Connection):
             # Joined to an external connection: run on the worker that owns it.
+            proxy = AsyncConnection._retrieve_proxy_for_target(bind)
             owner = _guard.owner_of(bind)
             if owner is None:
-                proxy = AsyncConnection._retrieve_proxy_for_target(bind)
                 await proxy._call(int)  # make the connection lease its worker
-                owner = proxy._worker
+                owner = proxy._current_worker()
             assert owner is not None
-            pool, worker = None, owner
+            worker, owned = owner, False
         elif isinstance(bind, Engine):
-            pool, worker = workers_for(bind), await lease_worker(bind)
+            worker, owned = await lease_worker(bind), True
         else:
-            pool = _fallback_pool()
-            worker = await pool.lease()
+            worker, owned = await spare_workers().lease(), True
         if self._lease is not None:  # another task of ours leased meanwhile
-            if pool is not None:
-                pool.release(worker)
-            return self._lease.worker
-        lease = self._lease = _Lease(pool, worker)
+            if owned:
+                worker.pool.release(worker)
+            return self._lease
+        lease = self._lease = _Lease(worker, owned)
         if lease.exclusive:
             worker.interrupter = _session_interrupter(sync)
             worker.recover = _cancel.session_recoverer(sync, worker)
-        if pool is not None:
-            self._finalizer = weakref.finalize(self, lease.release)
+        if owned:
+            finalizer = self._finalizer = weakref.finalize(self, lease.release)
+            finalizer.atexit = False
         _guard.set_session_owner(sync, worker)
-        return worker
+        return lease
 
     def _release(self) -> None:
         lease, self._lease = self._lease, None
+        if lease is None:
+            return
         _guard.set_session_owner(self.sync_session, None)
         if self._finalizer is not None:
             self._finalizer.detach()
             self._finalizer = None
-        if lease is not None:
-            if lease.exclusive:
-                lease.worker.interrupter = lease.worker.recover = None
-            lease.release()
+        if lease.exclusive:
+            lease.worker.interrupter = lease.worker.recover = None
+        lease.release()
 
     async def _call(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        lease = self._lease
-        worker = lease.worker if lease is not None else await self._acquire()
-        return await worker.call(fn, *args, **kwargs)
+        lease = self._lease or await self._acquire()
+        try:
+            return await lease.worker.call(fn, *args, **kwargs)
+        finally:
+            if lease.owned and self._lease is lease and not _holds_connection(self.sync_session):
+                self._release()
 
     async def _call_shielded(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         with anyio.CancelScope(shield=True):
             result = await self._call(fn, *args, **kwargs)
         return result
 
-    async def _end(self, fn: Callable[[], Any]) -> None:
-        """Run close()/reset()/invalidate() to completion, then free the worker."""
+    async def _end(self, fn: Callable[[], Any], on_worker: bool = False) -> None:
+        """Run close()/reset()/invalidate() to completion, then free the worker.
+
+        With no worker held there is no connection to touch, so ``fn`` runs
+        right here unless ``on_worker`` says it may need one (a commit).
+        """
         try:
-            if self._lease is not None:
+            if self._lease is not None or on_worker:
                 await self._call_shielded(fn)
             else:
-                fn()  # never used (or already closed): no connection to touch
+                fn()
         finally:
             self._release()
 
@@ -476,8 +503,7 @@ class AsyncSession(ReversibleProxy[Session]):
             if execution_options
             else _STREAM_OPTIONS
         )
-        worker = self._worker or await self._acquire()
-        result = await worker.call(
+        result = await self._call(
             self.sync_session.execute,
             statement,
             params=params,
@@ -485,6 +511,9 @@ class AsyncSession(ReversibleProxy[Session]):
             bind_arguments=bind_arguments,
             **kw,
         )
+        # The open cursor keeps the transaction's connection, and so the worker.
+        worker = self._worker
+        assert worker is not None
         return AsyncResult(result, worker)
 
     async def stream_scalars(
@@ -592,23 +621,13 @@ class AsyncSession(ReversibleProxy[Session]):
         **kw: Any,
     ) -> AsyncConnection:
         """The AsyncConnection of this session's transaction, on the session's worker."""
-        worker = self._worker or await self._acquire()
-        sync_connection = await worker.call(
+        sync_connection = await self._call(
             self.sync_session.connection,
             bind_arguments=bind_arguments,
             execution_options=execution_options,
             **kw,
         )
-        existing = AsyncConnection._retrieve_proxy_for_target(sync_connection, regenerate=False)
-        if existing is not None:
-            return existing  # type: ignore[no-any-return]
-        if _guard.owner_of(sync_connection) is None:
-            _guard.claim(sync_connection, worker)
-        return AsyncConnection(
-            AsyncEngine._retrieve_proxy_for_target(sync_connection.engine),
-            sync_connection,
-            worker=worker,
-        )
+        return _proxy_connection(self, sync_connection)
 
     def begin(self) -> AsyncSessionTransaction:
         """Begin a transaction; await it or use ``async with``."""
@@ -892,11 +911,32 @@ class _AsyncSessionContextManager(Generic[_AS]):
         return self.async_session
 
     async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
+        session = self.async_session
+        end = functools.partial(
+            _exit_and_close,
+            self.trans._sync_transaction(),
+            session.sync_session,
+            type_,
+            value,
+            traceback,
+        )
         with anyio.CancelScope(shield=True):
-            try:
-                await self.trans.__aexit__(type_, value, traceback)
-            finally:
-                await self.async_session.__aexit__(type_, value, traceback)
+            await session._end(end, on_worker=type_ is None)
+
+
+def _proxy_connection(session: AsyncSession, sync_conn: Connection) -> AsyncConnection:
+    """The AsyncConnection for one of the session's connections.
+
+    It owns no worker: its calls go to the worker that owns the connection
+    (the session's, recorded here on first sight).
+    """
+    existing = AsyncConnection._retrieve_proxy_for_target(sync_conn, regenerate=False)
+    if existing is not None:
+        return existing  # type: ignore[no-any-return]
+    worker = session._worker
+    if worker is not None and _guard.owner_of(sync_conn) is None:
+        _guard.claim(sync_conn, worker)
+    return AsyncConnection(AsyncEngine._retrieve_proxy_for_target(sync_conn.engine), sync_conn)
 
 
 # --------------------------------------------------------------------------
@@ -931,7 +971,9 @@ class AsyncSessionTransaction(
     def connections(self) -> FrozenSet[AsyncConnection]:
         """The AsyncConnections this transaction has acquired."""
         trans = self._sync_transaction()
-        return frozenset(self._proxy_connection(entry[0]) for entry in trans._connections.values())
+        return frozenset(
+            _proxy_connection(self.session, entry[0]) for entry in trans._connections.values()
+        )
 
     def bound_connection(
         self, bindkey: Optional[Any] = None, *, bind: Optional[_AsyncSessionBind] = None, **kw: Any
@@ -940,18 +982,10 @@ class AsyncSessionTransaction(
         if bind is not None:
             kw["bind"] = _to_sync_bind(bind)
         sync_conn = self._sync_transaction().bound_connection(bindkey, **kw)  # type: ignore[attr-defined, unused-ignore]
-        return self._proxy_connection(sync_conn)
+        return _proxy_connection(self.session, sync_conn)
 
     def _proxy_connection(self, sync_conn: Connection) -> AsyncConnection:
-        existing = AsyncConnection._retrieve_proxy_for_target(sync_conn, regenerate=False)
-        if existing is not None:
-            return existing  # type: ignore[no-any-return]
-        worker = self.session._worker
-        if worker is not None and _guard.owner_of(sync_conn) is None:
-            _guard.claim(sync_conn, worker)
-        return AsyncConnection(
-            AsyncEngine._retrieve_proxy_for_target(sync_conn.engine), sync_conn, worker=worker
-        )
+        return _proxy_connection(self.session, sync_conn)
 
     async def rollback(self) -> None:
         """Roll back this transaction."""
@@ -972,10 +1006,15 @@ class AsyncSessionTransaction(
         return obj
 
     async def start(self, is_ctxmanager: bool = False) -> AsyncSessionTransaction:
-        sync = self.session.sync_session
-        self.sync_transaction = self._assign_proxied(
-            await self.session._call(sync.begin_nested if self.nested else sync.begin)
-        )
+        session = self.session
+        sync = session.sync_session
+        if self.nested or session._lease is not None:
+            trans = await session._call(sync.begin_nested if self.nested else sync.begin)
+        else:
+            # A root begin() does no I/O (the first statement connects) and,
+            # with no worker held, nothing else runs for this session.
+            trans = sync.begin()
+        self.sync_transaction = self._assign_proxied(trans)
         if is_ctxmanager:
             self.sync_transaction.__enter__()
         return self
@@ -1020,7 +1059,7 @@ async def close_all_sessions() -> None:
         else:
             plain.append(sess)
     if plain:
-        pool = _fallback_pool()
+        pool = spare_workers()
         worker = await pool.lease()
         try:
             for sess in plain:

@@ -39,7 +39,7 @@ class SharedWorkerPool:
         with self._lock:
             worker = self._worker
             if worker is None or worker.broken:
-                worker = self._worker = Worker()
+                worker = self._worker = Worker(self)
                 worker.exclusive = False
             self._leases[worker] = self._leases.get(worker, 0) + 1
             return worker

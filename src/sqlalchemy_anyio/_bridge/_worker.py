@@ -36,9 +36,14 @@ def current_worker() -> Optional[Worker]:
 class Worker:
     """One thread, one queue of jobs; see the module docstring."""
 
-    def __init__(self, pool: Optional[WorkerPool] = None, generation: int = 0) -> None:
+    def __init__(self, pool: Any = None, generation: int = 0) -> None:
+        #: Where the worker goes back when its lessee lets go (``pool.release``).
         self.pool = pool
         self.generation = generation
+        #: The pooled connection this worker owns, if its pool gives it one
+        #: (see ``_pool``), and whether it is checked out; worker thread only.
+        self.record: Any = None
+        self.record_out = False
         #: False when several lessees share this worker (see ``_shared``):
         #: then no lessee may interrupt or recover on cancellation.
         self.exclusive = True

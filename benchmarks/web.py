@@ -1,0 +1,416 @@
+"""Web-shaped load: many concurrent short ORM sessions on one engine.
+
+    python benchmarks/web.py [--servers] [--db ...] [--impl ...] [--rounds N] [--seconds S]
+
+What a web application does under load: ``--tasks`` (64) tasks share one engine
+with the default pool (5 + 10 overflow); each request is one short session:
+
+* ``read``:  ``async with Session() as s: await s.get(Item, id)``
+* ``write``: ``async with Session.begin() as s: (await s.get(Item, id)).v += 1``
+
+Every (database, implementation, loop, workload) runs in a fresh child process,
+the implementations interleaved round by round.  Reported per run: requests
+per second over a measured window after a warm-up, new DBAPI connections
+opened during the window (a ``connect`` event listener), voluntary and
+involuntary context switches and CPU seconds per request (``getrusage`` of
+the whole process, all threads), p50/p99 latency.  ``sync`` is plain
+SQLAlchemy with one thread per task on the same pool (a threaded server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Dict, List, Optional
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ITEMS = 1000
+WORKLOADS = ["read", "write"]
+IMPLS = ["sync", "official", "anyio-C", "anyio-py"]
+BACKENDS = ["asyncio", "uvloop", "trio"]
+DEFAULT_URLS = {
+    "sqlite": None,  # a file in a temporary directory
+    "postgresql": "postgresql://postgres@127.0.0.1:5432/test",
+    "mysql": "mysql://root@127.0.0.1:3306/test",
+}
+DRIVERS = {
+    "sqlite": {"sync": "sqlite", "official": "sqlite+aiosqlite"},
+    "postgresql": {"sync": "postgresql+psycopg", "official": "postgresql+asyncpg"},
+    "mysql": {"sync": "mysql+pymysql", "official": "mysql+aiomysql"},
+}
+now = time.perf_counter
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Item(Base):
+    __tablename__ = "web_items"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(sa.String(50))
+    v: Mapped[int]
+
+
+def url_for(base: str, kind: str, impl: str) -> str:
+    driver = DRIVERS[kind]["official" if impl == "official" else "sync"]
+    return sa.make_url(base).set(drivername=driver).render_as_string(hide_password=False)
+
+
+def setup_database(sync_url: str) -> None:
+    engine = sa.create_engine(sync_url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.begin() as conn:
+            Base.metadata.drop_all(conn)
+            Base.metadata.create_all(conn)
+            conn.execute(
+                Item.__table__.insert(),
+                [{"id": i, "name": f"item {i}", "v": 0} for i in range(1, ITEMS + 1)],
+            )
+    finally:
+        engine.dispose()
+
+
+def drop_tables(sync_url: str) -> None:
+    engine = sa.create_engine(sync_url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.begin() as conn:
+            Base.metadata.drop_all(conn)
+    finally:
+        engine.dispose()
+
+
+# ---------------------------------------------------------------------------
+# one run, in a child process
+
+
+class Meter:
+    """Counts requests and latencies; snapshots rusage and connects at the window's edges."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.connects = 0
+        self.latencies: List[float] = []
+        self.measuring = False
+        self.stop = False
+        self._lock = threading.Lock()
+
+    def on_connect(self, *args: Any) -> None:
+        with self._lock:
+            self.connects += 1
+
+    def done(self, started: float) -> None:
+        elapsed = now() - started
+        with self._lock:
+            self.requests += 1
+            if self.measuring:
+                self.latencies.append(elapsed)
+
+    def snapshot(self) -> Dict[str, float]:
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        with self._lock:
+            return {
+                "t": now(),
+                "requests": self.requests,
+                "connects": self.connects,
+                "vcsw": ru.ru_nvcsw,
+                "ivcsw": ru.ru_nivcsw,
+                "utime": ru.ru_utime,
+                "stime": ru.ru_stime,
+            }
+
+
+def summarize(meter: Meter, a: Dict[str, float], b: Dict[str, float]) -> Dict[str, Any]:
+    n = b["requests"] - a["requests"]
+    secs = b["t"] - a["t"]
+    lat = sorted(meter.latencies)
+
+    def pct(p: float) -> Optional[float]:
+        return lat[min(len(lat) - 1, int(p * len(lat)))] * 1e3 if lat else None
+
+    per = max(n, 1)
+    return {
+        "requests": n,
+        "seconds": secs,
+        "rps": n / secs,
+        "new_connections": b["connects"] - a["connects"],
+        "connections_total": b["connects"],
+        "vcsw_per_req": (b["vcsw"] - a["vcsw"]) / per,
+        "ivcsw_per_req": (b["ivcsw"] - a["ivcsw"]) / per,
+        "cpu_us_per_req": (b["utime"] - a["utime"] + b["stime"] - a["stime"]) / per * 1e6,
+        "sys_us_per_req": (b["stime"] - a["stime"]) / per * 1e6,
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "threads_end": threading.active_count(),
+    }
+
+
+def run_sync(spec: Dict[str, Any]) -> Dict[str, Any]:
+    engine = sa.create_engine(spec["url"], **spec.get("engine_kw", {}))
+    meter = Meter()
+    sa.event.listen(engine, "connect", meter.on_connect)
+    write = spec["workload"] == "write"
+
+    def task(k: int) -> None:
+        rnd = random.Random(k)
+        while not meter.stop:
+            t0 = now()
+            ident = rnd.randint(1, ITEMS)
+            if write:
+                with Session(engine, expire_on_commit=False) as s, s.begin():
+                    s.get(Item, ident).v += 1  # type: ignore[union-attr]
+            else:
+                with Session(engine, expire_on_commit=False) as s:
+                    s.get(Item, ident)
+            meter.done(t0)
+
+    threads = [threading.Thread(target=task, args=(k,)) for k in range(spec["tasks"])]
+    for t in threads:
+        t.start()
+    time.sleep(spec["warmup"])
+    a = meter.snapshot()
+    meter.measuring = True
+    time.sleep(spec["seconds"])
+    b = meter.snapshot()
+    meter.stop = True
+    for t in threads:
+        t.join()
+    out = summarize(meter, a, b)
+    engine.dispose()
+    return out
+
+
+def run_async(spec: Dict[str, Any]) -> Dict[str, Any]:
+    import anyio
+
+    if spec["impl"] == "official":
+        import sqlalchemy.ext.asyncio as mod
+    else:
+        import sqlalchemy_anyio as mod
+
+    write = spec["workload"] == "write"
+    result: Dict[str, Any] = {}
+
+    async def main() -> None:
+        engine = mod.create_async_engine(spec["url"], **spec.get("engine_kw", {}))
+        meter = Meter()
+        sa.event.listen(engine.sync_engine, "connect", meter.on_connect)
+        maker = mod.async_sessionmaker(engine, expire_on_commit=False)
+
+        async def task(k: int) -> None:
+            rnd = random.Random(k)
+            while not meter.stop:
+                t0 = now()
+                ident = rnd.randint(1, ITEMS)
+                if write:
+                    async with maker.begin() as s:
+                        (await s.get(Item, ident)).v += 1
+                else:
+                    async with maker() as s:
+                        await s.get(Item, ident)
+                meter.done(t0)
+
+        async with anyio.create_task_group() as tg:
+            for k in range(spec["tasks"]):
+                tg.start_soon(task, k)
+            await anyio.sleep(spec["warmup"])
+            a = meter.snapshot()
+            meter.measuring = True
+            await anyio.sleep(spec["seconds"])
+            b = meter.snapshot()
+            meter.stop = True
+        result.update(summarize(meter, a, b))
+        await engine.dispose()
+
+    backend = spec["backend"]
+    anyio.run(
+        main,
+        backend="trio" if backend == "trio" else "asyncio",
+        backend_options={"use_uvloop": True} if backend == "uvloop" else {},
+    )
+    result["greenlet_loaded"] = "greenlet" in sys.modules
+    return result
+
+
+def child_main(spec: Dict[str, Any]) -> None:
+    if spec["impl"] == "anyio-py":
+        os.environ["SQLALCHEMY_ANYIO_NO_CEXT"] = "1"
+    try:
+        out = run_sync(spec) if spec["impl"] == "sync" else run_async(spec)
+    except Exception as exc:  # noqa: BLE001 - reported in the table
+        out = {"error": f"{type(exc).__name__}: {exc}"[:400]}
+    print(json.dumps(out), flush=True)
+    os._exit(0)
+
+
+def run_child(spec: Dict[str, Any], timeout: float) -> Dict[str, Any]:
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        tail = " | ".join(proc.stderr.strip().splitlines()[-6:])
+        return {"error": f"exit {proc.returncode}: {tail}"}
+    return json.loads(lines[-1])  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------------------
+# the run
+
+
+def label(impl: str, backend: Optional[str]) -> str:
+    return f"{impl}/{backend}" if backend else impl
+
+
+def plan(impls: List[str], backends: List[str]) -> List[tuple]:
+    out: List[tuple] = []
+    for impl in impls:
+        if impl == "sync":
+            out.append((impl, None))
+            continue
+        for backend in backends:
+            if impl == "official" and backend == "trio":
+                continue
+            out.append((impl, backend))
+    return out
+
+
+def pick(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """The median run by req/s (the spread is reported beside it)."""
+    ok = [r for r in runs if "rps" in r]
+    if not ok:
+        return runs[-1] if runs else {"error": "no run"}
+    ok.sort(key=lambda r: r["rps"])
+    med = dict(ok[len(ok) // 2])
+    med["rps_runs"] = [r["rps"] for r in runs if "rps" in r]
+    return med
+
+
+def render(results: Dict[str, Any]) -> str:
+    lines = []
+    for kind, by_workload in results.items():
+        for workload, rows in by_workload.items():
+            lines.append(f"\n{kind} / {workload}  (median of rounds by req/s; spread in brackets)")
+            lines.append(
+                "| impl | req/s | x official (same loop) | new conns | vcsw/req | ivcsw/req "
+                "| CPU µs/req | p50 ms | p99 ms | rounds req/s |"
+            )
+            lines.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+            for name, rec in rows.items():
+                if "rps" not in rec:
+                    lines.append(f"| {name} | {rec.get('error', '?')} |" + " |" * 8)
+                    continue
+                backend = name.split("/")[1] if "/" in name else None
+                base_loop = backend if backend in ("asyncio", "uvloop") else "asyncio"
+                off = rows.get(f"official/{base_loop}", {}).get("rps")
+                ratio = f"{rec['rps'] / off:.2f}x" if off else "-"
+                spread = ", ".join(f"{x:.0f}" for x in rec.get("rps_runs", []))
+                lines.append(
+                    f"| {name} | {rec['rps']:.0f} | {ratio} | {rec['new_connections']} "
+                    f"| {rec['vcsw_per_req']:.1f} | {rec['ivcsw_per_req']:.1f} "
+                    f"| {rec['cpu_us_per_req']:.0f} | {rec['p50_ms']:.1f} | {rec['p99_ms']:.1f} "
+                    f"| {spread} |"
+                )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--servers", action="store_true", help="PostgreSQL and MariaDB too")
+    p.add_argument("--db", default=None, help="comma list of sqlite,postgresql,mysql")
+    p.add_argument("--pg-url", default=DEFAULT_URLS["postgresql"])
+    p.add_argument("--mysql-url", default=DEFAULT_URLS["mysql"])
+    p.add_argument("--impl", default=",".join(IMPLS))
+    p.add_argument("--backend", default=",".join(BACKENDS))
+    p.add_argument("--workload", default=",".join(WORKLOADS))
+    p.add_argument("--tasks", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=3.0, help="measured window per run")
+    p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--pool-size", type=int, help="default: the engine's default (5)")
+    p.add_argument("--max-overflow", type=int, help="default: the engine's default (10)")
+    p.add_argument("--json", default=os.path.join(HERE, "results", "web.json"))
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        child_main(json.loads(args.child))
+        return 0
+
+    dbs = (args.db or ("sqlite,postgresql,mysql" if args.servers else "sqlite")).split(",")
+    impls = args.impl.split(",")
+    backends = args.backend.split(",")
+    workloads = args.workload.split(",")
+    engine_kw: Dict[str, Any] = {}
+    if args.pool_size is not None:
+        engine_kw["pool_size"] = args.pool_size
+    if args.max_overflow is not None:
+        engine_kw["max_overflow"] = args.max_overflow
+
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="bench_web_")
+    bases = {
+        "sqlite": f"sqlite:///{os.path.join(tmp, 'web.db')}",
+        "postgresql": args.pg_url,
+        "mysql": args.mysql_url,
+    }
+    print(
+        f"web-shaped load: {args.tasks} tasks, pool {engine_kw or 'default (5 + 10)'}, "
+        f"{args.rounds} rounds of {args.warmup:.1f} s warm-up + {args.seconds:.1f} s measured; "
+        f"load average {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+    results: Dict[str, Any] = {}
+    raw: Dict[str, Any] = {}
+    for kind in dbs:
+        base = bases[kind]
+        sync_url = url_for(base, kind, "sync")
+        for workload in workloads:
+            setup_database(sync_url)
+            runs: Dict[str, List[Dict[str, Any]]] = {}
+            for rnd in range(args.rounds):
+                for impl, backend in plan(impls, backends):
+                    spec = {
+                        "impl": impl,
+                        "backend": backend,
+                        "workload": workload,
+                        "url": url_for(base, kind, impl),
+                        "tasks": args.tasks,
+                        "seconds": args.seconds,
+                        "warmup": args.warmup,
+                        "engine_kw": engine_kw,
+                    }
+                    rec = run_child(spec, timeout=60 + 3 * (args.seconds + args.warmup))
+                    name = label(impl, backend)
+                    runs.setdefault(name, []).append(rec)
+                    shown = f"{rec['rps']:.0f} req/s" if "rps" in rec else rec.get("error")
+                    print(f"  {kind} {workload} round {rnd + 1} {name:<18} {shown}", flush=True)
+            results.setdefault(kind, {})[workload] = {k: pick(v) for k, v in runs.items()}
+            raw.setdefault(kind, {})[workload] = runs
+        if kind != "sqlite":
+            drop_tables(sync_url)
+    print(render(results))
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(
+            {"config": vars(args), "load_average_end": os.getloadavg(), "runs": raw}, f, indent=1
+        )
+    print(f"\njson: {os.path.relpath(args.json)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,347 @@
+"""A QueuePool whose every connection lives on its own worker thread.
+
+SQLAlchemy's QueuePool hands any idle connection to any thread.  Here the
+unit the pool hands out is a *worker*: one thread that owns at most one
+pooled DBAPI connection, which it opens, uses, resets and closes for the
+connection's whole life.  An async caller waits once, for a worker (and so
+for a connection), with ``pool_timeout`` as the bound; when it lets go, the
+worker goes straight to the next waiter with its connection still open.
+
+Sizes, overflow, ``pool_timeout``, events, ``pre_ping``, ``recycle`` and
+``reset_on_return`` keep QueuePool's meaning.  A checkout from any other
+thread (code on the event loop, a second connection opened inside
+``run_sync``, a session with binds on several engines) gets a *temporary*
+connection, opened and closed on that thread and counted against the same
+limit.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from typing import Any, Deque, Optional
+
+import anyio
+from sqlalchemy import exc
+from sqlalchemy.pool import Pool, QueuePool
+from sqlalchemy.pool.base import ConnectionPoolEntry
+
+from ._bridge import Worker, _impl, current_worker
+
+log = logging.getLogger("sqlalchemy_anyio")
+
+#: Set on a record that was opened for a foreign thread: closed at check-in.
+_TEMPORARY = "_sqlalchemy_anyio_temporary"
+
+#: How long a synchronous dispose() waits for each idle worker to close.
+DISPOSE_WAIT = 10.0
+
+
+class WorkerQueuePool(QueuePool):
+    """QueuePool semantics; each connection on its own worker thread.
+
+    The pool keeps, under one lock: the idle workers (connection checked
+    in), the callers waiting for one, and how many connections are open or
+    promised.  A worker's connection is ``worker.record``; whether it is
+    checked out right now is ``worker.record_out``, only touched on that
+    worker's thread.
+    """
+
+    _is_asyncio = False
+
+    def __init__(
+        self,
+        creator: Any,
+        pool_size: int = 5,
+        max_overflow: int = 10,
+        timeout: float = 30.0,
+        use_lifo: bool = False,
+        **kw: Any,
+    ) -> None:
+        Pool.__init__(self, creator, **kw)
+        self._pool_size = pool_size
+        self._max_overflow = -1 if pool_size == 0 else max_overflow
+        self._timeout = timeout
+        self._use_lifo = use_lifo
+        self._lock = threading.Lock()
+        self._idle: Deque[Worker] = collections.deque()
+        #: Waiters in arrival order: each is a Job whose outcome is a Worker
+        #: (its connection checked in) or None (a free slot to open one in).
+        self._waiters: Deque[Any] = collections.deque()
+        #: Connections open or being opened, on workers and temporary ones.
+        self._open = 0
+        #: Set by recreate(): this pool is out of service; what comes back
+        #: is closed.
+        self._replaced = False
+
+    # -- capacity -------------------------------------------------------------
+
+    def _may_open_locked(self) -> bool:
+        return self._max_overflow == -1 or self._open < self._pool_size + self._max_overflow
+
+    def _keeps_idle_locked(self) -> bool:
+        return not self._replaced and (self._pool_size == 0 or len(self._idle) < self._pool_size)
+
+    def _grant_slot_locked(self) -> Optional[Any]:
+        """A slot just freed: promise it to the longest waiter, if any."""
+        if self._waiters and self._may_open_locked():
+            self._open += 1
+            return self._waiters.popleft()
+        return None
+
+    def _timeout_error(self) -> exc.TimeoutError:
+        return exc.TimeoutError(
+            f"QueuePool limit of size {self.size()} overflow {self.overflow()} reached, "
+            f"connection timed out, timeout {self._timeout:.2f}",
+            code="3o7r",
+        )
+
+    # -- the async side: leasing workers ------------------------------------
+
+    async def lease(self) -> Worker:
+        """A worker with this pool's connection idle on it, or a new one.
+
+        Waits (cancellably) for one to be released; past ``pool_timeout``
+        raises ``sqlalchemy.exc.TimeoutError`` as an exhausted QueuePool does.
+        """
+        with self._lock:
+            if self._idle:
+                return self._idle.pop() if self._use_lifo else self._idle.popleft()
+            if self._may_open_locked():
+                self._open += 1
+                waiter = None
+            else:
+                waiter = _impl.Job()
+                self._waiters.append(waiter)
+        if waiter is None:
+            return self._new_worker()
+        try:
+            with anyio.fail_after(self._timeout):
+                await _impl.wait(waiter)
+        except BaseException as e:
+            with self._lock:
+                if not waiter.done:
+                    self._waiters.remove(waiter)
+                    waiter = None
+            if waiter is not None:  # handed over as we gave up: pass it on
+                self._pass_on(waiter.outcome())
+            if isinstance(e, TimeoutError):
+                raise self._timeout_error() from None
+            raise
+        worker = waiter.outcome()
+        return worker if worker is not None else self._new_worker()
+
+    def _new_worker(self) -> Worker:
+        """A worker for a slot already counted in ``_open``."""
+        try:
+            worker = Worker(self)
+        except BaseException:
+            self._free_slot()
+            raise
+        return worker
+
+    def _pass_on(self, handed: Optional[Worker]) -> None:
+        if handed is None:
+            self._free_slot()
+        else:
+            self.release(handed)
+
+    def release(self, worker: Worker) -> None:
+        """Take back a worker whose connection is checked in.  Never blocks.
+
+        The longest waiter gets it as it is; with nobody waiting it stays
+        idle, up to ``pool_size`` of them, and beyond that its connection is
+        closed (on its thread) and the thread ends.
+        """
+        worker.interrupter = worker.recover = None
+        worker.take_streams()
+        grant = handed = None
+        with self._lock:
+            retire = (
+                worker.broken or worker.record is None or self._replaced or worker.pool is not self
+            )
+            if not retire and self._waiters:
+                handed = self._waiters.popleft()
+            elif not retire and self._keeps_idle_locked():
+                self._idle.append(worker)
+            else:
+                retire = True
+                self._open -= 1
+                grant = self._grant_slot_locked()
+        if handed is not None:
+            handed.set(worker)
+        if retire:
+            _retire(worker, close=True)
+        if grant is not None:
+            grant.set(None)
+
+    def _free_slot(self) -> None:
+        with self._lock:
+            self._open -= 1
+            grant = self._grant_slot_locked()
+        if grant is not None:
+            grant.set(None)
+
+    def has_waiters(self) -> bool:
+        """Whether somebody waits for a connection right now (a hint)."""
+        return bool(self._waiters)
+
+    # -- the worker side: SQLAlchemy's Pool interface ------------------------
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        worker = current_worker()
+        if worker is not None and worker.pool is self and not worker.record_out:
+            record: ConnectionPoolEntry = worker.record
+            if record is None:
+                record = worker.record = self._create_connection()
+            worker.record_out = True
+            return record
+        return self._temporary()
+
+    def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
+        if getattr(record, _TEMPORARY, False):
+            try:
+                record.close()
+            finally:
+                self._free_slot()
+            return
+        worker = current_worker()
+        if worker is not None and worker.record is record:
+            worker.record_out = False
+        else:  # checked in elsewhere (a garbage-collected connection): log only
+            log.warning("connection %r was returned to the pool off its worker thread", record)
+
+    def _temporary(self) -> ConnectionPoolEntry:
+        """A connection for a thread that is not one of this pool's workers."""
+        evict = waiter = None
+        with self._lock:
+            if self._may_open_locked():
+                self._open += 1
+            elif self._idle:  # take over an idle worker's slot
+                evict = self._idle.popleft()
+            else:
+                waiter = _impl.Job()
+                self._waiters.append(waiter)
+        if evict is not None:
+            _retire(evict, close=True)
+        if waiter is not None:
+            self._wait_for_slot(waiter)
+        try:
+            record = self._create_connection()
+        except BaseException:
+            self._free_slot()
+            raise
+        setattr(record, _TEMPORARY, True)
+        return record
+
+    def _wait_for_slot(self, waiter: Any) -> None:
+        """Block this (non-loop) thread until ``waiter`` gets a slot, or time out."""
+        arrived = threading.Event()
+        if waiter.set_waker(arrived.set):
+            arrived.wait(self._timeout)
+        with self._lock:
+            if not waiter.done:
+                self._waiters.remove(waiter)
+                raise self._timeout_error()
+        handed = waiter.outcome()
+        if handed is not None:  # a worker with a connection: close it, keep the slot
+            _retire(handed, close=True)
+
+    # -- pool maintenance ------------------------------------------------------
+
+    def _take_idle(self) -> list[Worker]:
+        with self._lock:
+            idle = list(self._idle)
+            self._idle.clear()
+            self._open -= len(idle)
+            grants = []
+            while (grant := self._grant_slot_locked()) is not None:
+                grants.append(grant)
+        for grant in grants:
+            grant.set(None)
+        return idle
+
+    def dispose(self) -> None:
+        """Close the idle connections, each on its own thread, and end those threads.
+
+        Connections checked out now are closed when they come back.
+        """
+        idle = self._take_idle()
+        for worker in idle:
+            _retire(worker, close=True)
+        for worker in idle:
+            worker.join(DISPOSE_WAIT)
+        self.logger.info("Pool disposed. %s", self.status())
+
+    def recreate(self) -> WorkerQueuePool:
+        """A new pool with this one's settings; this one goes out of service.
+
+        Idle workers end without closing their connections (``close=False``
+        means they are only de-referenced); checked-out ones are closed when
+        they come back.
+        """
+        self.logger.info("Pool recreating")
+        with self._lock:
+            self._replaced = True
+        for worker in self._take_idle():
+            _retire(worker, close=False)
+        return self.__class__(
+            self._creator,
+            pool_size=self._pool_size,
+            max_overflow=self._max_overflow,
+            pre_ping=self._pre_ping,
+            use_lifo=self._use_lifo,
+            timeout=self._timeout,
+            recycle=self._recycle,
+            echo=self.echo,
+            logging_name=self._orig_logging_name,
+            reset_on_return=self._reset_on_return,
+            _dispatch=self.dispatch,
+            dialect=self._dialect,
+        )
+
+    def size(self) -> int:
+        return self._pool_size
+
+    def timeout(self) -> float:
+        return self._timeout
+
+    def checkedin(self) -> int:
+        return len(self._idle)
+
+    def overflow(self) -> int:
+        return self._open - self._pool_size if self._pool_size else 0
+
+    def checkedout(self) -> int:
+        return self._open - len(self._idle)
+
+    def status(self) -> str:
+        return (
+            f"Pool size: {self.size()}  Connections in pool: {self.checkedin()} "
+            f"Current Overflow: {self.overflow()} "
+            f"Current Checked out connections: {self.checkedout()}"
+        )
+
+
+def _retire(worker: Worker, close: bool) -> None:
+    """End ``worker`` after what it has queued, closing its connection or not."""
+    worker.broken = True  # never handed out again
+    try:
+        worker.submit(_close_record if close else _drop_record, worker)
+        worker.stop()
+    except RuntimeError:  # already stopped
+        pass
+
+
+def _close_record(worker: Worker) -> None:
+    record, worker.record = worker.record, None
+    if record is not None:
+        try:
+            record.close()
+        except Exception:  # the pool has logged it
+            log.debug("closing a pooled connection failed", exc_info=True)
+
+
+def _drop_record(worker: Worker) -> None:
+    worker.record = None
