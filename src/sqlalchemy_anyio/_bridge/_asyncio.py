@@ -1,28 +1,79 @@
-"""Waiting for a :class:`Job` on an asyncio (or uvloop) event loop."""
+"""Waiting for a :class:`Job` on an asyncio (or uvloop) event loop.
+
+Completions from worker threads are batched per loop: the first one since
+the loop last looked schedules one ``call_soon_threadsafe`` (one write to
+the loop's self-pipe), later ones only join the batch.  A completion
+published on the loop's own thread resolves its future directly.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import functools
+import threading
+import weakref
+from typing import Any, Optional
 
 
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
+class _Wakeups:
+    """The futures of one loop whose jobs completed, resolved in one callback."""
 
+    __slots__ = ("__weakref__", "_lock", "_loop", "_ready", "_scheduled", "_thread")
 
-async def wait(job: Any) -> None:
-    """Suspend until ``job`` completes; woken by ``call_soon_threadsafe``."""
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[None] = loop.create_future()
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread = threading.get_ident()
+        self._lock = threading.Lock()
+        self._ready: list[asyncio.Future[None]] = []
+        self._scheduled = False
 
-    def wake() -> None:
+    def wake(self, fut: asyncio.Future[None]) -> None:
+        """Resolve ``fut`` on its loop; called once, from any thread."""
+        if threading.get_ident() == self._thread:
+            if not fut.done():
+                fut.set_result(None)
+            return
+        with self._lock:
+            self._ready.append(fut)
+            if self._scheduled:
+                return
+            self._scheduled = True
         try:
-            loop.call_soon_threadsafe(_resolve, fut)
+            self._loop.call_soon_threadsafe(self._drain)
         except RuntimeError:  # loop closed: nobody is waiting any more
             pass
 
-    if not job.set_waker(wake):
+    def _drain(self) -> None:
+        with self._lock:
+            ready, self._ready = self._ready, []
+            self._scheduled = False
+        for fut in ready:
+            if not fut.done():
+                fut.set_result(None)
+
+
+_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Wakeups] = (
+    weakref.WeakKeyDictionary()
+)
+_local = threading.local()
+
+
+def _wakeups(loop: asyncio.AbstractEventLoop) -> _Wakeups:
+    cached: Optional[_Wakeups] = getattr(_local, "wakeups", None)
+    if cached is not None and cached._loop is loop:
+        return cached
+    wakeups = _by_loop.get(loop)
+    if wakeups is None:
+        wakeups = _by_loop[loop] = _Wakeups(loop)
+    _local.wakeups = wakeups
+    return wakeups
+
+
+async def wait(job: Any) -> None:
+    """Suspend until ``job`` completes."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+    if not job.set_waker(functools.partial(_wakeups(loop).wake, fut)):
         await asyncio.sleep(0)  # still a checkpoint, as every await must be
         return
     try:

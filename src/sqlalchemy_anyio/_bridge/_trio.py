@@ -1,24 +1,81 @@
-"""Waiting for a :class:`Job` under trio."""
+"""Waiting for a :class:`Job` under trio.
+
+As on asyncio, completions from worker threads are batched per run: the first
+one since trio last looked calls ``TrioToken.run_sync_soon``, later ones only
+join the batch.  A completion published on trio's own thread reschedules its
+task directly.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import threading
+import weakref
+from typing import Any, Optional
 
 import trio
 
 
-async def wait(job: Any) -> None:
-    """Suspend until ``job`` completes; woken through the run's TrioToken."""
-    task = trio.lowlevel.current_task()
-    token = trio.lowlevel.current_trio_token()
+class _Wakeups:
+    """The tasks of one trio run whose jobs completed, rescheduled in one callback."""
 
-    def wake() -> None:
+    __slots__ = ("__weakref__", "_lock", "_ready", "_scheduled", "_thread", "_token")
+
+    def __init__(self, token: trio.lowlevel.TrioToken) -> None:
+        self._token = token
+        self._thread = threading.get_ident()
+        self._lock = threading.Lock()
+        self._ready: list[trio.lowlevel.Task] = []
+        self._scheduled = False
+
+    def wake(self, task: trio.lowlevel.Task) -> None:
+        """Reschedule ``task``; called once, from any thread."""
+        if threading.get_ident() == self._thread:
+            try:
+                trio.lowlevel.reschedule(task)
+            except RuntimeError:  # the run is over: nobody is waiting any more
+                pass
+            return
+        with self._lock:
+            self._ready.append(task)
+            if self._scheduled:
+                return
+            self._scheduled = True
         try:
-            token.run_sync_soon(trio.lowlevel.reschedule, task)
+            self._token.run_sync_soon(self._drain)
         except trio.RunFinishedError:
             pass
 
-    if not job.set_waker(wake):
+    def _drain(self) -> None:
+        with self._lock:
+            ready, self._ready = self._ready, []
+            self._scheduled = False
+        for task in ready:
+            trio.lowlevel.reschedule(task)
+
+
+_by_token: weakref.WeakKeyDictionary[trio.lowlevel.TrioToken, _Wakeups] = (
+    weakref.WeakKeyDictionary()
+)
+_local = threading.local()
+
+
+def _wakeups() -> _Wakeups:
+    token = trio.lowlevel.current_trio_token()
+    cached: Optional[_Wakeups] = getattr(_local, "wakeups", None)
+    if cached is not None and cached._token is token:
+        return cached
+    wakeups = _by_token.get(token)
+    if wakeups is None:
+        wakeups = _by_token[token] = _Wakeups(token)
+    _local.wakeups = wakeups
+    return wakeups
+
+
+async def wait(job: Any) -> None:
+    """Suspend until ``job`` completes."""
+    task = trio.lowlevel.current_task()
+    if not job.set_waker(functools.partial(_wakeups().wake, task)):
         await trio.lowlevel.checkpoint()
         return
 
