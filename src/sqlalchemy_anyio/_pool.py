@@ -22,7 +22,6 @@ import logging
 import threading
 from typing import Any, Deque, Optional
 
-import anyio
 from sqlalchemy import exc
 from sqlalchemy.pool import Pool, QueuePool
 from sqlalchemy.pool.base import ConnectionPoolEntry
@@ -117,20 +116,27 @@ class WorkerQueuePool(QueuePool):
         if waiter is None:
             return self._new_worker()
         try:
-            with anyio.fail_after(self._timeout):
-                await _impl.wait(waiter)
-        except BaseException as e:
-            with self._lock:
-                if not waiter.done:
-                    self._waiters.remove(waiter)
-                    waiter = None
-            if waiter is not None:  # handed over as we gave up: pass it on
-                self._pass_on(waiter.outcome())
-            if isinstance(e, TimeoutError):
-                raise self._timeout_error() from None
+            arrived = await _impl.wait_for(waiter, self._timeout)
+        except BaseException:
+            self._give_up(waiter)
             raise
+        if not arrived:
+            self._give_up(waiter)
+            raise self._timeout_error()
         worker = waiter.outcome()
         return worker if worker is not None else self._new_worker()
+
+    def _give_up(self, waiter: Any) -> None:
+        """Leave the line; what was handed over meanwhile goes to the next one."""
+        with self._lock:
+            if not waiter.done:
+                self._waiters.remove(waiter)
+                return
+        handed = waiter.outcome()
+        if handed is None:
+            self._free_slot()
+        else:
+            self.release(handed)
 
     def _new_worker(self) -> Worker:
         """A worker for a slot already counted in ``_open``."""
@@ -140,12 +146,6 @@ class WorkerQueuePool(QueuePool):
             self._free_slot()
             raise
         return worker
-
-    def _pass_on(self, handed: Optional[Worker]) -> None:
-        if handed is None:
-            self._free_slot()
-        else:
-            self.release(handed)
 
     def release(self, worker: Worker) -> None:
         """Take back a worker whose connection is checked in.  Never blocks.
@@ -184,7 +184,8 @@ class WorkerQueuePool(QueuePool):
             grant.set(None)
 
     def has_waiters(self) -> bool:
-        """Whether somebody waits for a connection right now (a hint)."""
+        """Whether somebody waits for a connection right now (a hint: then a
+        lessee need not wait for its worker to finish closing)."""
         return bool(self._waiters)
 
     # -- the worker side: SQLAlchemy's Pool interface ------------------------

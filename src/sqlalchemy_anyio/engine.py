@@ -576,6 +576,11 @@ class AsyncConnection(
                     # Still stuck in a statement that ignored its interrupt:
                     # queue the close behind it rather than wait for it.
                     worker.submit(_close_quietly, sync_connection)
+                elif worker.in_demand():
+                    # Others wait for a connection: the next lessee's calls
+                    # queue behind this close, so nobody waits for it here.
+                    _guard.disown(sync_connection)
+                    worker.submit_quietly("closing an AsyncConnection", sync_connection.close)
                 else:
                     await worker.call_shielded(sync_connection.close)
                     _guard.disown(sync_connection)

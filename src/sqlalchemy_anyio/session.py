@@ -290,9 +290,16 @@ class AsyncSession(ReversibleProxy[Session]):
 
         With no worker held there is no connection to touch, so ``fn`` runs
         right here unless ``on_worker`` says it may need one (a commit).
+        When others wait for a connection, ``fn`` is queued on the worker and
+        the worker handed on at once: the next lessee's calls run after it.
         """
+        lease = self._lease
+        if lease is not None and not on_worker and lease.owned and lease.worker.in_demand():
+            lease.worker.submit_quietly("closing an AsyncSession", fn)
+            self._release()
+            return
         try:
-            if self._lease is not None or on_worker:
+            if lease is not None or on_worker:
                 await self._call_shielded(fn)
             else:
                 fn()
@@ -676,8 +683,7 @@ class AsyncSession(ReversibleProxy[Session]):
         return self
 
     async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
-        with anyio.CancelScope(shield=True):
-            await self.close()
+        await self.close()  # runs to completion even if cancelled
 
     def _maker_context_manager(self: _AS) -> _AsyncSessionContextManager[_AS]:
         return _AsyncSessionContextManager(self)

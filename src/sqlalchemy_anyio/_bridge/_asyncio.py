@@ -81,3 +81,27 @@ async def wait(job: Any) -> None:
     except BaseException:
         job.clear_waker()
         raise
+
+
+def _expire(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+async def wait_for(job: Any, timeout: float) -> bool:
+    """Like :func:`wait`, giving up after ``timeout`` seconds; False if it did."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+    if not job.set_waker(functools.partial(_wakeups(loop).wake, fut)):
+        await asyncio.sleep(0)
+        return True
+    timer = loop.call_later(timeout, _expire, fut)
+    try:
+        await fut
+    except BaseException:
+        job.clear_waker()
+        raise
+    finally:
+        timer.cancel()
+    # Timed out unless the outcome is in, or already on its way.
+    return job.done or not job.clear_waker()

@@ -40,10 +40,40 @@ def _micros(name: str, default: float) -> float:
     return value / 1e6
 
 
+def _count(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    try:
+        value = int(raw) if raw.strip() else default
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 1_000_000:
+        raise ValueError(f"{name} must be a whole number from 0 to 1000000, not {raw!r}")
+    return value
+
+
 #: Seconds the loop side may wait, without the GIL and without yielding, for a
 #: call it just handed over, when no other task is ready.  Only the C bridge
 #: can wait without the GIL; the pure-Python one never spins.
 LOOP_SPIN = _micros("SQLALCHEMY_ANYIO_LOOP_SPIN_US", 500) if ACCELERATED else 0.0
+
+#: How many workers may run jobs at once, process-wide (0: no limit), and
+#: after how long a running job stops counting (it is waiting on the server).
+ACTIVE_WORKERS = _count("SQLALCHEMY_ANYIO_ACTIVE_WORKERS", 0)
+ACTIVE_EXPIRE = _micros("SQLALCHEMY_ANYIO_ACTIVE_EXPIRE_US", 2000)
+if ACTIVE_WORKERS and not ACTIVE_EXPIRE:
+    raise ValueError("SQLALCHEMY_ANYIO_ACTIVE_EXPIRE_US must be above 0")
+
+GATE: Any = None
+if ACTIVE_WORKERS and not ACCELERATED:
+    from ._native import Gate
+
+    GATE = Gate(ACTIVE_WORKERS, ACTIVE_EXPIRE)
+
+
+def new_channel() -> Any:
+    """A channel for one new worker, behind the process-wide gate if any."""
+    return Channel(GATE) if GATE is not None else Channel()
+
 
 _get_running_loop = asyncio._get_running_loop
 #: Loop classes without an inspectable run queue (uvloop): never spin there.
@@ -79,6 +109,15 @@ def wait(job: Any) -> Awaitable[None]:
     return _trio.wait(job)
 
 
+def wait_for(job: Any, timeout: float) -> Awaitable[bool]:
+    """Like :func:`wait`, giving up after ``timeout`` seconds; False if it did."""
+    if _get_running_loop() is not None:
+        return _asyncio.wait_for(job, timeout)
+    from . import _trio
+
+    return _trio.wait_for(job, timeout)
+
+
 def checkpoint() -> Awaitable[None]:
     if _get_running_loop() is not None:
         return asyncio.sleep(0)
@@ -87,4 +126,15 @@ def checkpoint() -> Awaitable[None]:
     return trio.lowlevel.checkpoint()
 
 
-__all__ = ["ACCELERATED", "LOOP_SPIN", "Channel", "Job", "checkpoint", "loop_is_idle", "wait"]
+__all__ = [
+    "ACCELERATED",
+    "GATE",
+    "LOOP_SPIN",
+    "Channel",
+    "Job",
+    "checkpoint",
+    "loop_is_idle",
+    "new_channel",
+    "wait",
+    "wait_for",
+]

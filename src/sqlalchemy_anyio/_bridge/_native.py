@@ -11,9 +11,10 @@ the loop to one worker thread.
 
 from __future__ import annotations
 
-import queue
 import sys
 import threading
+import time
+from collections import deque
 from types import SimpleNamespace
 from typing import Any, Callable, Optional
 
@@ -120,35 +121,182 @@ def _report_unraisable(exc: BaseException, obj: object) -> None:
     )
 
 
-class Channel:
-    """Jobs in order from the loop to one worker thread (``None`` stops it)."""
+class Gate:
+    """Admission: at most ``limit`` channels run jobs at once (0: no limit).
 
-    __slots__ = ("_closed", "_lock", "_queue")
+    A channel with jobs but no place waits in line (in order); a place is
+    handed straight from a channel that ran out of jobs to the first in line.
+    A job that has run longer than ``expire`` seconds (blocked on the
+    database, most likely) gives up its place, so a slow query never holds
+    up the others for longer than that.  Fewer threads competing for the GIL
+    at once cost fewer context switches than many.
+    """
 
-    def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[Optional[Job]] = queue.SimpleQueue()
+    __slots__ = ("_admitted", "_expire", "_line", "_lock", "limit")
+
+    def __init__(self, limit: int = 0, expire: float = 0.002) -> None:
+        if limit < 0 or not expire > 0:
+            raise ValueError("Gate needs limit >= 0 and expire > 0")
+        self.limit = limit
+        self._expire = expire
         self._lock = threading.Lock()
+        self._admitted: list[Channel] = []  # holding a place
+        self._line: deque[Channel] = deque()  # waiting for one, in order
+
+    @property
+    def active(self) -> int:
+        """Channels holding a place now."""
+        with self._lock:
+            return len(self._admitted)
+
+    def _enter(self, channel: Channel) -> list[Channel]:
+        """Give ``channel`` a place, or put it in line; the channels to wake."""
+        with self._lock:
+            if channel._admitted or channel._waiting:
+                return []
+            if len(self._admitted) < self.limit and not self._line:
+                channel._admitted = True
+                self._admitted.append(channel)
+                return [channel]
+            channel._waiting = True
+            self._line.append(channel)
+            return [channel] if self._line[0] is channel else []
+
+    def _leave(self, channel: Channel) -> list[Channel]:
+        """``channel`` gives up its place (or its turn); the channels to wake."""
+        with self._lock:
+            first = self._line[0] if self._line else None
+            if channel._admitted:
+                channel._admitted = False
+                self._admitted.remove(channel)
+            elif channel._waiting:
+                channel._waiting = False
+                self._line.remove(channel)
+            else:
+                return []
+            return self._advance_locked(first)
+
+    def _expire_slow(self) -> list[Channel]:
+        """Take the places of jobs running longer than ``expire``; the channels to wake."""
+        now = time.monotonic()
+        with self._lock:
+            first = self._line[0] if self._line else None
+            for channel in list(self._admitted):
+                started = channel._started
+                if started is not None and now - started > self._expire:
+                    channel._admitted = False
+                    self._admitted.remove(channel)
+            return self._advance_locked(first)
+
+    def _advance_locked(self, first: Optional[Channel]) -> list[Channel]:
+        """Fill free places from the line.  A new first in line is woken too:
+        it is the one that watches for slow jobs."""
+        woken = []
+        while self._line and len(self._admitted) < self.limit:
+            nxt = self._line.popleft()
+            nxt._waiting = False
+            nxt._admitted = True
+            self._admitted.append(nxt)
+            woken.append(nxt)
+        if self._line and self._line[0] is not first:
+            woken.append(self._line[0])
+        return woken
+
+    def _first_in_line(self, channel: Channel) -> bool:
+        with self._lock:
+            return bool(self._line) and self._line[0] is channel
+
+
+def _wake(channels: list[Channel]) -> None:
+    for channel in channels:
+        with channel._cond:
+            channel._cond.notify()
+
+
+class Channel:
+    """Jobs in order from the loop to one worker thread (``None`` stops it).
+
+    With a :class:`Gate`, the worker runs jobs only while it holds a place.
+    """
+
+    __slots__ = (
+        "_admitted",
+        "_closed",
+        "_cond",
+        "_gate",
+        "_items",
+        "_started",
+        "_waiting",
+    )
+
+    def __init__(self, gate: Optional[Gate] = None) -> None:
+        self._items: deque[Optional[Job]] = deque()
+        self._cond = threading.Condition(threading.Lock())
         self._closed = False
+        self._gate = gate if gate is not None and gate.limit else None
+        # Under the gate's lock: holding a place / waiting in line.
+        self._admitted = self._waiting = False
+        #: When the running job started (monotonic), None between jobs.
+        self._started: Optional[float] = None
 
     def put(self, job: Optional[Job]) -> None:
-        with self._lock:
+        with self._cond:
             if self._closed:
                 # A job put now would never run: say so rather than hang its caller.
                 if job is None:
                     return  # stopping twice is fine
                 raise RuntimeError("the worker is stopped: it takes no more jobs")
             self._closed = job is None
-            self._queue.put(job)
+            self._items.append(job)
+            if self._gate is None or job is None:
+                self._cond.notify()
+                return
+        _wake(self._gate._enter(self))
 
     def get(self) -> Optional[Job]:
-        return self._queue.get()
+        """The next item, waiting for it (ignores the gate)."""
+        with self._cond:
+            while not self._items:
+                self._cond.wait()
+            return self._items.popleft()
+
+    def _take(self) -> Optional[Job]:
+        """Wait until the next item may be taken, and take it (the worker's side)."""
+        gate = self._gate
+        while True:
+            with self._cond:
+                items = self._items
+                if items and (items[0] is None or gate is None or self._admitted):
+                    return items.popleft()
+                lost = bool(items) and not (self._admitted or self._waiting)
+                if not lost:
+                    # Whoever changes what we wait for wakes us; the first in
+                    # line also looks every ``expire`` for a slow job to expire.
+                    first = gate is not None and self._waiting and gate._first_in_line(self)
+                    if self._cond.wait(gate._expire if first else None):  # type: ignore[union-attr]
+                        continue
+                    if not first:
+                        continue
+            assert gate is not None
+            # Lost our place while running a slow job: back in line.  Or the
+            # first in line timed out: expire slow jobs.
+            _wake(gate._enter(self) if lost else gate._expire_slow())
 
     def serve(self) -> None:
         """The worker's loop: run queued jobs, in order, until ``None``."""
-        get = self._queue.get
+        gate = self._gate
         while True:
-            job = get()
+            if gate is not None:
+                with self._cond:
+                    empty = not self._items
+                if empty:  # out of jobs: hand the place on
+                    _wake(gate._leave(self))
+            job = self._take()
             if job is None:
+                if gate is not None:
+                    _wake(gate._leave(self))
                 return
+            self._started = time.monotonic()
             job.run()
+            self._started = None
             del job

@@ -57,6 +57,10 @@ class SharedWorkerPool:
                 self._worker = None
         worker.stop()
 
+    def has_waiters(self) -> bool:
+        """Never: lessees of the one shared worker queue behind each other."""
+        return False
+
     def _take_idle(self) -> Optional[Worker]:
         with self._lock:
             worker = self._worker

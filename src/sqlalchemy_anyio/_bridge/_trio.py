@@ -85,3 +85,10 @@ async def wait(job: Any) -> None:
         return trio.lowlevel.Abort.SUCCEEDED if job.clear_waker() else trio.lowlevel.Abort.FAILED
 
     await trio.lowlevel.wait_task_rescheduled(abort)
+
+
+async def wait_for(job: Any, timeout: float) -> bool:
+    """Like :func:`wait`, giving up after ``timeout`` seconds; False if it did."""
+    with trio.move_on_after(timeout):
+        await wait(job)
+    return bool(job.done)

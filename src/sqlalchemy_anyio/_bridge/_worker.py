@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import collections
 import itertools
+import logging
 import threading
 import weakref
 from typing import Any, Callable, Deque, Optional, TypeVar
@@ -20,6 +21,7 @@ from . import _impl
 
 _T = TypeVar("_T")
 
+log = logging.getLogger("sqlalchemy_anyio")
 _local = threading.local()
 _names = itertools.count(1)
 
@@ -58,7 +60,7 @@ class Worker:
         self._streams_lock = threading.Lock()
         #: True once a call outlived its cancellation grace: never reuse.
         self.broken = False
-        self._channel = _impl.Channel()
+        self._channel = _impl.new_channel()
         self._exited = _impl.Job()
         #: Calls left before the loop tries spinning again, and the back-off
         #: after a spin that missed (the calls here take longer than the budget).
@@ -107,9 +109,23 @@ class Worker:
         self._thread.join()
 
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Queue ``fn(*args, **kwargs)`` without waiting for it; returns its job."""
         job = _impl.Job(fn, args, kwargs)
         self._channel.put(job)
         return job
+
+    def in_demand(self) -> bool:
+        """Whether callers are waiting for a worker of this one's pool.
+
+        Then a lessee letting go need not wait for its last call (a close)
+        to finish: the next lessee's calls queue up behind it anyway.
+        """
+        pool = self.pool
+        return pool is not None and not self.broken and pool.has_waiters()
+
+    def submit_quietly(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
+        """Queue ``fn(*args)``, nobody waiting for it: a failure is logged."""
+        self.submit(_logged, what, fn, args)
 
     async def call(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """Run ``fn(*args, **kwargs)`` on this worker and return its result.
@@ -197,6 +213,13 @@ class Worker:
                     await _impl.wait(recover_job)
                 if not recover_job.done:
                     self.broken = True
+
+
+def _logged(what: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    try:
+        fn(*args)
+    except Exception:
+        log.warning("%s failed on worker %s", what, threading.current_thread().name, exc_info=True)
 
 
 def _run_quietly(job: Any) -> None:
@@ -304,6 +327,9 @@ class WorkerPool:
     def dispose_sync(self, timeout: Optional[float] = None) -> None:
         for worker in self._take_idle():
             worker.join(timeout)
+
+    def has_waiters(self) -> bool:
+        return bool(self._waiters)
 
 
 _live_pools: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
