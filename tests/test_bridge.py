@@ -659,3 +659,119 @@ def test_jobs_in_reference_cycles_are_collected(impl: ModuleType) -> None:
     del holder, done, channel
     gc.collect()
     assert gone() is None
+
+
+# -- Gate: how many workers run jobs at once -------------------------------------
+
+
+class _Concurrency:
+    """Counts callables running at once (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.now = self.peak = 0
+
+    def job(self, record: list[int], i: int, hold: float = 0.0005) -> None:
+        with self.lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+        time.sleep(hold)  # releases the GIL, as a driver waiting on the server does
+        record.append(i)
+        with self.lock:
+            self.now -= 1
+
+
+def _serve(channels: list[Any]) -> list[threading.Thread]:
+    threads = [threading.Thread(target=ch.serve) for ch in channels]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def _stop(channels: list[Any], threads: list[threading.Thread]) -> None:
+    for ch in channels:
+        ch.put(None)
+    for t in threads:
+        t.join(10)
+    assert not any(t.is_alive() for t in threads)
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+def test_gate_bounds_jobs_running_at_once(impl: ModuleType, limit: int) -> None:
+    gate = impl.Gate(limit, 5.0)
+    conc = _Concurrency()
+    channels = [impl.Channel(gate) for _ in range(5)]
+    records: list[list[int]] = [[] for _ in channels]
+    threads = _serve(channels)
+    jobs = []
+    for i in range(40):
+        for ch, rec in zip(channels, records, strict=True):
+            job = impl.Job(conc.job, (rec, i))
+            jobs.append(job)
+            ch.put(job)
+    _stop(channels, threads)
+    assert all(job.done for job in jobs)
+    assert records == [list(range(40))] * 5  # every job ran, each channel in order
+    assert conc.peak == limit
+    assert gate.active == 0
+
+
+def test_open_gate_does_not_bound(impl: ModuleType) -> None:
+    gate = impl.Gate(0)
+    channels = [impl.Channel(gate) for _ in range(4)]
+    threads = _serve(channels)
+    barrier = threading.Barrier(4, timeout=10)
+    jobs = [impl.Job(barrier.wait) for _ in channels]  # completes only if all 4 run at once
+    for ch, job in zip(channels, jobs, strict=True):
+        ch.put(job)
+    _stop(channels, threads)
+    assert sorted(job.outcome() for job in jobs) == [0, 1, 2, 3]
+
+
+def test_slow_job_gives_up_its_place(impl: ModuleType) -> None:
+    """A job blocked longer than `expire` does not hold up the next channel."""
+    gate = impl.Gate(1, 0.02)
+    slow_ch, quick_ch = impl.Channel(gate), impl.Channel(gate)
+    threads = _serve([slow_ch, quick_ch])
+    release = threading.Event()
+    slow = impl.Job(release.wait, (10.0,))
+    slow_ch.put(slow)
+    time.sleep(0.05)  # the slow job holds the only place
+    quick = impl.Job(time.monotonic)
+    started = time.monotonic()
+    quick_ch.put(quick)
+    woken = threading.Event()
+    if quick.set_waker(woken.set):
+        assert woken.wait(5), "the quick job never got a place"
+    assert not slow.done
+    assert quick.outcome() - started < 2.0
+    release.set()
+    _stop([slow_ch, quick_ch], threads)
+    assert slow.outcome() is True
+
+
+def test_gated_channel_in_line_still_stops(impl: ModuleType) -> None:
+    gate = impl.Gate(1, 5.0)
+    busy_ch, waiting_ch = impl.Channel(gate), impl.Channel(gate)
+    threads = _serve([busy_ch, waiting_ch])
+    release = threading.Event()
+    busy_ch.put(impl.Job(release.wait, (10.0,)))
+    time.sleep(0.02)
+    queued = impl.Job(int, ("7",))
+    waiting_ch.put(queued)
+    waiting_ch.put(None)
+    time.sleep(0.05)
+    assert not queued.done  # in line behind the busy channel
+    release.set()
+    _stop([busy_ch], threads[:1])
+    threads[1].join(10)
+    assert not threads[1].is_alive()
+    assert queued.outcome() == 7
+    assert gate.active == 0
+
+
+def test_gate_settings_are_checked(impl: ModuleType) -> None:
+    with pytest.raises(ValueError):
+        impl.Gate(-1)
+    with pytest.raises(ValueError):
+        impl.Gate(1, 0.0)

@@ -73,6 +73,8 @@ class WorkerQueuePool(QueuePool):
         #: Set by recreate(): this pool is out of service; what comes back
         #: is closed.
         self._replaced = False
+        #: Workers ending (their connection closing): dispose() waits for them.
+        self._retiring: list[Worker] = []
 
     # -- capacity -------------------------------------------------------------
 
@@ -172,7 +174,7 @@ class WorkerQueuePool(QueuePool):
         if handed is not None:
             handed.set(worker)
         if retire:
-            _retire(worker, close=True)
+            self._retire(worker, close=True)
         if grant is not None:
             grant.set(None)
 
@@ -225,7 +227,7 @@ class WorkerQueuePool(QueuePool):
                 waiter = _impl.Job()
                 self._waiters.append(waiter)
         if evict is not None:
-            _retire(evict, close=True)
+            self._retire(evict, close=True)
         if waiter is not None:
             self._wait_for_slot(waiter)
         try:
@@ -247,9 +249,21 @@ class WorkerQueuePool(QueuePool):
                 raise self._timeout_error()
         handed = waiter.outcome()
         if handed is not None:  # a worker with a connection: close it, keep the slot
-            _retire(handed, close=True)
+            self._retire(handed, close=True)
 
     # -- pool maintenance ------------------------------------------------------
+
+    def _retire(self, worker: Worker, close: bool) -> None:
+        """End ``worker`` after what it has queued, closing its connection or not."""
+        worker.broken = True  # never handed out again
+        with self._lock:
+            self._retiring = [w for w in self._retiring if w.is_alive()]
+            self._retiring.append(worker)
+        try:
+            worker.submit(_close_record if close else _drop_record, worker)
+            worker.stop()
+        except RuntimeError:  # already stopped
+            pass
 
     def _take_idle(self) -> list[Worker]:
         with self._lock:
@@ -268,10 +282,11 @@ class WorkerQueuePool(QueuePool):
 
         Connections checked out now are closed when they come back.
         """
-        idle = self._take_idle()
-        for worker in idle:
-            _retire(worker, close=True)
-        for worker in idle:
+        for worker in self._take_idle():
+            self._retire(worker, close=True)
+        with self._lock:
+            retiring, self._retiring = self._retiring, []
+        for worker in retiring:
             worker.join(DISPOSE_WAIT)
         self.logger.info("Pool disposed. %s", self.status())
 
@@ -286,7 +301,7 @@ class WorkerQueuePool(QueuePool):
         with self._lock:
             self._replaced = True
         for worker in self._take_idle():
-            _retire(worker, close=False)
+            self._retire(worker, close=False)
         return self.__class__(
             self._creator,
             pool_size=self._pool_size,
@@ -323,16 +338,6 @@ class WorkerQueuePool(QueuePool):
             f"Current Overflow: {self.overflow()} "
             f"Current Checked out connections: {self.checkedout()}"
         )
-
-
-def _retire(worker: Worker, close: bool) -> None:
-    """End ``worker`` after what it has queued, closing its connection or not."""
-    worker.broken = True  # never handed out again
-    try:
-        worker.submit(_close_record if close else _drop_record, worker)
-        worker.stop()
-    except RuntimeError:  # already stopped
-        pass
 
 
 def _close_record(worker: Worker) -> None:

@@ -101,6 +101,7 @@ static int max_worker_spinners = 1;
 typedef struct {
     PyTypeObject *job_type;
     PyTypeObject *channel_type;
+    PyTypeObject *gate_type;
 } bridge_state;
 
 static inline bridge_state *
@@ -212,7 +213,8 @@ job_execute(Job *self)
     }
     else {
         PyObject *empty = args == NULL ? PyTuple_New(0) : NULL;
-        value = PyObject_Call(fn, args ? args : empty, kwargs);
+        if (args != NULL || empty != NULL)
+            value = PyObject_Call(fn, args ? args : empty, kwargs);
         Py_XDECREF(empty);
     }
     if (value == NULL) {
@@ -420,12 +422,40 @@ static PyType_Spec Job_spec = {
     .slots = Job_slots,
 };
 
-/* -- Channel -------------------------------------------------------------- */
+/* -- Channel and Gate ----------------------------------------------------- */
 
-/* A FIFO of jobs (or None) from any thread to the one worker serving it.
- * The ring is guarded by the mutex; `pending` mirrors its length so the
- * worker can spin on it without the mutex. */
+/* A Channel is a FIFO of jobs (or None) from any thread to the one worker
+ * serving it.  The ring is guarded by the channel's mutex; `pending` mirrors
+ * its length so the worker can spin on it without the mutex.
+ *
+ * A Gate bounds how many channels run jobs at once (process-wide, shared by
+ * the channels created with it).  A channel with jobs but no place waits in
+ * line, in order; a channel that runs out of jobs hands its place straight
+ * to the first in line.  A job running longer than `expire_ns` (blocked on
+ * the database, most likely) loses its place, so a slow query never holds
+ * the others up for longer than that; the first in line is the one that
+ * watches for it (a timed wait).
+ *
+ * Locks: a gate's mutex may be taken with no channel mutex held, and then
+ * channel mutexes may be taken under it (to signal); never the reverse.
+ * Channel gate fields are written under the gate mutex and read, by the
+ * worker, through their atomic mirrors. */
+
+#define GATE_MAX_LIMIT 1024
+
+typedef struct Channel Channel;
+
 typedef struct {
+    PyObject_HEAD
+    pthread_mutex_t mutex;
+    int limit;                      /* places; 0: the gate is open */
+    int64_t expire_ns;
+    int active;                     /* under mutex: channels holding a place */
+    Channel **admitted;             /* under mutex: those channels */
+    Channel *line_head, *line_tail; /* under mutex: waiting for a place */
+} Gate;
+
+struct Channel {
     PyObject_HEAD
     pthread_mutex_t mutex;
     pthread_cond_t cond;
@@ -435,13 +465,228 @@ typedef struct {
     int closed;                     /* under mutex: None was put */
     _Atomic int pending;            /* == len, readable without the mutex */
     _Atomic int64_t spin_ns;        /* the worker's current spin budget */
-} Channel;
+    Gate *gate;                     /* NULL: no admission */
+    Channel *line_next;             /* under gate mutex */
+    _Atomic int admitted;           /* written under gate mutex: holds a place */
+    _Atomic int waiting;            /* written under gate mutex: in line */
+    _Atomic int first;              /* written under gate mutex: first in line */
+    _Atomic int64_t started_ns;     /* the running job's start; 0 between jobs */
+};
+
+/* Wake a channel's worker; gate mutex held, channel mutex not. */
+static void
+channel_signal(Channel *ch)
+{
+    pthread_mutex_lock(&ch->mutex);
+    pthread_cond_signal(&ch->cond);
+    pthread_mutex_unlock(&ch->mutex);
+}
+
+static void
+gate_admit_locked(Gate *g, Channel *ch)
+{
+    g->admitted[g->active++] = ch;
+    atomic_store_explicit(&ch->admitted, 1, memory_order_release);
+}
+
+static void
+gate_unadmit_locked(Gate *g, int i)
+{
+    Channel *ch = g->admitted[i];
+    g->admitted[i] = g->admitted[--g->active];
+    atomic_store_explicit(&ch->admitted, 0, memory_order_release);
+}
+
+static void
+gate_unlink_locked(Gate *g, Channel *ch)
+{
+    Channel **p = &g->line_head, *prev = NULL;
+    while (*p != NULL && *p != ch) {
+        prev = *p;
+        p = &(*p)->line_next;
+    }
+    if (*p == NULL)
+        return;
+    *p = ch->line_next;
+    if (g->line_tail == ch)
+        g->line_tail = prev;
+    ch->line_next = NULL;
+    atomic_store_explicit(&ch->waiting, 0, memory_order_release);
+    atomic_store_explicit(&ch->first, 0, memory_order_release);
+}
+
+/* Fill free places from the line and wake who got one; a new first in
+ * line is woken too, to start watching for slow jobs. */
+static void
+gate_advance_locked(Gate *g, Channel *first_before)
+{
+    while (g->line_head != NULL && g->active < g->limit) {
+        Channel *ch = g->line_head;
+        gate_unlink_locked(g, ch);
+        gate_admit_locked(g, ch);
+        channel_signal(ch);
+    }
+    Channel *first = g->line_head;
+    if (first != NULL && first != first_before) {
+        atomic_store_explicit(&first->first, 1, memory_order_release);
+        channel_signal(first);
+    }
+}
+
+/* Give `ch` a place, or put it in line. */
+static void
+gate_enter(Gate *g, Channel *ch)
+{
+    pthread_mutex_lock(&g->mutex);
+    if (!atomic_load_explicit(&ch->admitted, memory_order_relaxed)
+        && !atomic_load_explicit(&ch->waiting, memory_order_relaxed)) {
+        if (g->active < g->limit && g->line_head == NULL) {
+            gate_admit_locked(g, ch);
+            channel_signal(ch);
+        }
+        else {
+            ch->line_next = NULL;
+            if (g->line_tail != NULL)
+                g->line_tail->line_next = ch;
+            else
+                g->line_head = ch;
+            g->line_tail = ch;
+            atomic_store_explicit(&ch->waiting, 1, memory_order_release);
+            if (g->line_head == ch) {
+                atomic_store_explicit(&ch->first, 1, memory_order_release);
+                channel_signal(ch);
+            }
+        }
+    }
+    pthread_mutex_unlock(&g->mutex);
+}
+
+/* `ch` gives up its place (or its turn). */
+static void
+gate_leave(Gate *g, Channel *ch)
+{
+    pthread_mutex_lock(&g->mutex);
+    Channel *first = g->line_head;
+    int found = 0;
+    for (int i = 0; i < g->active; i++) {
+        if (g->admitted[i] == ch) {
+            gate_unadmit_locked(g, i);
+            found = 1;
+            break;
+        }
+    }
+    if (!found && atomic_load_explicit(&ch->waiting, memory_order_relaxed)) {
+        gate_unlink_locked(g, ch);
+        found = 1;
+    }
+    if (found)
+        gate_advance_locked(g, first);
+    pthread_mutex_unlock(&g->mutex);
+}
+
+/* Take the places of jobs running longer than expire_ns. */
+static void
+gate_expire(Gate *g)
+{
+    int64_t now = now_ns();
+    pthread_mutex_lock(&g->mutex);
+    Channel *first = g->line_head;
+    for (int i = g->active - 1; i >= 0; i--) {
+        int64_t started = atomic_load_explicit(&g->admitted[i]->started_ns,
+                                               memory_order_relaxed);
+        if (started != 0 && now - started > g->expire_ns)
+            gate_unadmit_locked(g, i);
+    }
+    gate_advance_locked(g, first);
+    pthread_mutex_unlock(&g->mutex);
+}
+
+static PyObject *
+Gate_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"limit", "expire", NULL};
+    int limit = 0;
+    double expire = 0.002;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|id:Gate", kwlist, &limit, &expire))
+        return NULL;
+    if (limit < 0 || limit > GATE_MAX_LIMIT || !(expire > 0) || expire > 3600) {
+        PyErr_Format(PyExc_ValueError,
+                     "Gate needs 0 <= limit <= %d and 0 < expire <= 3600", GATE_MAX_LIMIT);
+        return NULL;
+    }
+    Gate *self = (Gate *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->admitted = PyMem_RawCalloc((size_t)(limit > 0 ? limit : 1), sizeof(Channel *));
+    if (self->admitted == NULL || pthread_mutex_init(&self->mutex, NULL) != 0) {
+        PyMem_RawFree(self->admitted);
+        self->admitted = NULL;
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    self->limit = limit;
+    self->expire_ns = (int64_t)(expire * 1e9);
+    return (PyObject *)self;
+}
+
+static void
+Gate_dealloc(Gate *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    if (self->admitted != NULL) {   /* no channel refers to us any more */
+        pthread_mutex_destroy(&self->mutex);
+        PyMem_RawFree(self->admitted);
+    }
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+Gate_get_active(Gate *self, void *Py_UNUSED(closure))
+{
+    pthread_mutex_lock(&self->mutex);
+    int active = self->active;
+    pthread_mutex_unlock(&self->mutex);
+    return PyLong_FromLong(active);
+}
+
+static PyObject *
+Gate_get_limit(Gate *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromLong(self->limit);
+}
+
+static PyGetSetDef Gate_getset[] = {
+    {"active", (getter)Gate_get_active, NULL, "Channels holding a place now.", NULL},
+    {"limit", (getter)Gate_get_limit, NULL, "Places (0: no limit).", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot Gate_slots[] = {
+    {Py_tp_doc, "Admission: at most limit channels run jobs at once (0: no limit)."},
+    {Py_tp_new, Gate_new},
+    {Py_tp_dealloc, Gate_dealloc},
+    {Py_tp_getset, Gate_getset},
+    {0, NULL},
+};
+
+static PyType_Spec Gate_spec = {
+    .name = "sqlalchemy_anyio._bridge._cbridge.Gate",
+    .basicsize = sizeof(Gate),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = Gate_slots,
+};
 
 static PyObject *
 Channel_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    if (PyTuple_GET_SIZE(args) != 0 || (kwds != NULL && PyDict_GET_SIZE(kwds) != 0)) {
-        PyErr_SetString(PyExc_TypeError, "Channel() takes no arguments");
+    static char *kwlist[] = {"gate", NULL};
+    PyObject *gate = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O:Channel", kwlist, &gate))
+        return NULL;
+    bridge_state *st = state_of(type);
+    if (gate != Py_None && Py_TYPE(gate) != st->gate_type) {
+        PyErr_SetString(PyExc_TypeError, "Channel(gate) takes a Gate or None");
         return NULL;
     }
     Channel *self = (Channel *)type->tp_alloc(type, 0);
@@ -458,6 +703,12 @@ Channel_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     pthread_cond_init(&self->cond, NULL);
     atomic_init(&self->pending, 0);
     atomic_init(&self->spin_ns, worker_spin_max);
+    atomic_init(&self->admitted, 0);
+    atomic_init(&self->waiting, 0);
+    atomic_init(&self->first, 0);
+    atomic_init(&self->started_ns, 0);
+    if (gate != Py_None && ((Gate *)gate)->limit > 0)
+        self->gate = (Gate *)Py_NewRef(gate);
     return (PyObject *)self;
 }
 
@@ -465,6 +716,7 @@ static int
 Channel_traverse(Channel *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->gate);
     if (self->ring == NULL)
         return 0;
     pthread_mutex_lock(&self->mutex);
@@ -505,6 +757,10 @@ Channel_dealloc(Channel *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
+    if (self->gate != NULL) {   /* nobody may find us in the gate any more */
+        gate_leave(self->gate, self);
+        Py_CLEAR(self->gate);
+    }
     Channel_clear(self);
     if (self->ring != NULL) {
         pthread_cond_destroy(&self->cond);
@@ -548,20 +804,33 @@ Channel_put(Channel *self, PyObject *item)
     self->len++;
     self->closed = item == Py_None;
     atomic_fetch_add_explicit(&self->pending, 1, memory_order_release);
-    if (self->parked)
+    int admitted = self->gate == NULL || item == Py_None
+                   || atomic_load_explicit(&self->admitted, memory_order_acquire);
+    if (self->parked && admitted)
         pthread_cond_signal(&self->cond);
     pthread_mutex_unlock(&self->mutex);
+    if (!admitted)   /* ask for a place; the gate wakes the worker when it has one */
+        gate_enter(self->gate, self);   /* short, and never needs the GIL: keep it */
     Py_RETURN_NONE;
 }
 
-/* Take the next item (a new reference) or NULL if there is none.  Needs no
- * GIL: only the mutex. */
+/* May the worker take the next item now?  Channel mutex held. */
+static inline int
+channel_runnable(Channel *self)
+{
+    return self->len > 0
+           && (self->gate == NULL || self->ring[self->head] == Py_None
+               || atomic_load_explicit(&self->admitted, memory_order_acquire));
+}
+
+/* Take the next item (a new reference) if it may be taken now, else NULL.
+ * Needs no GIL: only the mutex.  `gated` ignores the gate (Channel.get). */
 static PyObject *
-channel_pop(Channel *self)
+channel_pop(Channel *self, int gated)
 {
     PyObject *item = NULL;
     pthread_mutex_lock(&self->mutex);
-    if (self->len > 0) {
+    if (gated ? channel_runnable(self) : self->len > 0) {
         item = self->ring[self->head];
         self->ring[self->head] = NULL;
         self->head = (self->head + 1) % self->cap;
@@ -598,15 +867,48 @@ channel_spin(Channel *self, int64_t *since)
     return 1;
 }
 
+/* Sleep until an item may be taken.  With a gate: a channel that lost its
+ * place while its job ran gets back in line; the first in line wakes every
+ * expire_ns to take the places of slow jobs. */
 static void
-channel_park(Channel *self, int64_t since)
+channel_wait(Channel *self, int64_t since)
 {
-    pthread_mutex_lock(&self->mutex);
-    self->parked = 1;
-    while (self->len == 0)
-        pthread_cond_wait(&self->cond, &self->mutex);
-    self->parked = 0;
-    pthread_mutex_unlock(&self->mutex);
+    Gate *g = self->gate;
+    int slept = 0;
+    for (;;) {
+        pthread_mutex_lock(&self->mutex);
+        if (channel_runnable(self)) {
+            pthread_mutex_unlock(&self->mutex);
+            break;
+        }
+        int lost = g != NULL && self->len > 0
+                   && !atomic_load_explicit(&self->admitted, memory_order_acquire)
+                   && !atomic_load_explicit(&self->waiting, memory_order_acquire);
+        int timed_out = 0;
+        if (!lost) {
+            int first = g != NULL && atomic_load_explicit(&self->first, memory_order_acquire);
+            self->parked = 1;
+            if (first) {
+                struct timespec until;
+                clock_gettime(CLOCK_REALTIME, &until);
+                int64_t ns = until.tv_nsec + g->expire_ns;
+                until.tv_sec += ns / 1000000000;
+                until.tv_nsec = ns % 1000000000;
+                timed_out = pthread_cond_timedwait(&self->cond, &self->mutex, &until) == ETIMEDOUT;
+            }
+            else
+                pthread_cond_wait(&self->cond, &self->mutex);
+            self->parked = 0;
+            slept = 1;
+        }
+        pthread_mutex_unlock(&self->mutex);
+        if (lost)
+            gate_enter(g, self);
+        else if (timed_out)
+            gate_expire(g);
+    }
+    if (!slept)
+        return;
     int64_t gap = now_ns() - since;
     int64_t budget = atomic_load_explicit(&self->spin_ns, memory_order_relaxed);
     budget = gap <= worker_spin_max ? worker_spin_max : budget >= 2 * US ? budget / 2 : 0;
@@ -616,7 +918,7 @@ channel_park(Channel *self, int64_t since)
 static PyObject *
 channel_take(Channel *self)
 {
-    PyObject *item = channel_pop(self);   /* we are the only consumer: it is there */
+    PyObject *item = channel_pop(self, 1);   /* the only consumer: it is there */
 #ifndef Py_GIL_DISABLED
     /* The loop that queued this job probably still holds the GIL.  If it is
      * about to spin (and so to let go of it), wait for that rather than
@@ -627,16 +929,41 @@ channel_take(Channel *self)
     return item;
 }
 
+static int
+channel_runnable_now(Channel *self)
+{
+    pthread_mutex_lock(&self->mutex);
+    int runnable = channel_runnable(self);
+    pthread_mutex_unlock(&self->mutex);
+    return runnable;
+}
+
+/* Out of jobs: hand the place on.  No GIL needed. */
+static void
+channel_idle(Channel *self)
+{
+    if (self->gate == NULL)
+        return;
+    if (atomic_load_explicit(&self->pending, memory_order_acquire) != 0)
+        return;   /* more came already: keep the place */
+    if (atomic_load_explicit(&self->admitted, memory_order_acquire)
+        || atomic_load_explicit(&self->waiting, memory_order_acquire))
+        gate_leave(self->gate, self);
+}
+
 static PyObject *
 Channel_get(Channel *self, PyObject *Py_UNUSED(ignored))
 {
-    PyObject *item = channel_pop(self);
+    PyObject *item = channel_pop(self, 0);
     if (item == NULL) {
-        int64_t since;
         Py_BEGIN_ALLOW_THREADS
-        if (!channel_spin(self, &since))
-            channel_park(self, since);
-        item = channel_take(self);
+        pthread_mutex_lock(&self->mutex);
+        self->parked = 1;
+        while (self->len == 0)
+            pthread_cond_wait(&self->cond, &self->mutex);
+        self->parked = 0;
+        pthread_mutex_unlock(&self->mutex);
+        item = channel_pop(self, 0);
         Py_END_ALLOW_THREADS
     }
     return item;
@@ -650,7 +977,7 @@ Channel_serve(Channel *self, PyObject *Py_UNUSED(ignored))
 {
     Job *ran = NULL;   /* outcome stored, not yet published; then still ours */
     for (;;) {
-        PyObject *item = channel_pop(self);
+        PyObject *item = channel_pop(self, 1);
         if (item == NULL) {
             int64_t since;
             PyObject *waker = NULL;
@@ -661,15 +988,16 @@ Channel_serve(Channel *self, PyObject *Py_UNUSED(ignored))
                 call_waker(waker);
                 ts = PyEval_SaveThread();
             }
-            if (!channel_spin(self, &since)) {
+            channel_idle(self);
+            if (!channel_spin(self, &since) || !channel_runnable_now(self)) {
                 if (ran != NULL) {
                     /* Idle from now on: do not keep the job (and whatever
-                     * its outcome holds) alive while parked. */
+                     * its outcome holds) alive while waiting. */
                     PyEval_RestoreThread(ts);
                     Py_CLEAR(ran);
                     ts = PyEval_SaveThread();
                 }
-                channel_park(self, since);
+                channel_wait(self, since);
             }
             item = channel_take(self);
             PyEval_RestoreThread(ts);
@@ -681,10 +1009,17 @@ Channel_serve(Channel *self, PyObject *Py_UNUSED(ignored))
         ran = NULL;
         if (item == Py_None) {
             Py_DECREF(item);
+            if (self->gate != NULL)
+                gate_leave(self->gate, self);
             Py_RETURN_NONE;
         }
         ran = (Job *)item;
-        if (!job_execute(ran))
+        if (self->gate != NULL)
+            atomic_store_explicit(&self->started_ns, now_ns(), memory_order_relaxed);
+        int ours = job_execute(ran);
+        if (self->gate != NULL)
+            atomic_store_explicit(&self->started_ns, 0, memory_order_relaxed);
+        if (!ours)
             Py_CLEAR(ran);   /* set() elsewhere: not ours to publish */
         else if (atomic_load_explicit(&ran->state, memory_order_acquire) == WAKER) {
             call_waker(job_publish(ran));   /* the loop sleeps: wake it now */
@@ -696,7 +1031,7 @@ Channel_serve(Channel *self, PyObject *Py_UNUSED(ignored))
 static PyMethodDef Channel_methods[] = {
     {"put", (PyCFunction)Channel_put, METH_O, "Queue a job (None stops the worker)."},
     {"get", (PyCFunction)Channel_get, METH_NOARGS,
-     "Take the next job, waiting for it (spin, then park) without the GIL."},
+     "Take the next job, waiting for it without the GIL (ignores the gate)."},
     {"serve", (PyCFunction)Channel_serve, METH_NOARGS,
      "Run queued jobs, in order, until None arrives."},
     {NULL, NULL, 0, NULL},
@@ -721,28 +1056,48 @@ static PyType_Spec Channel_spec = {
 
 /* -- module --------------------------------------------------------------- */
 
-static int
-bridge_exec(PyObject *module)
+/* Process-wide settings, read from the environment once (every interpreter
+ * that loads the module sees the same values; nobody writes them later). */
+static pthread_once_t settings_once = PTHREAD_ONCE_INIT;
+static int settings_error;   /* 1: SQLALCHEMY_ANYIO_WORKER_SPIN_US is invalid */
+
+static void
+read_settings(void)
 {
-    bridge_state *st = PyModule_GetState(module);
     const char *env = getenv("SQLALCHEMY_ANYIO_WORKER_SPIN_US");
     if (env != NULL && *env != '\0') {
         char *end;
         double us = strtod(env, &end);
-        if (*end != '\0' || !(us >= 0) || us > 1e6) {
-            PyErr_Format(PyExc_ValueError,
-                         "SQLALCHEMY_ANYIO_WORKER_SPIN_US must be 0..1000000, not '%s'", env);
-            return -1;
-        }
-        worker_spin_max = (int64_t)(us * US);
+        if (*end != '\0' || !(us >= 0) || us > 1e6)
+            settings_error = 1;
+        else
+            worker_spin_max = (int64_t)(us * US);
     }
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     max_worker_spinners = cpus > 2 ? (int)(cpus / 2) : 1;
-    st->job_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &Job_spec, NULL);
-    if (st->job_type == NULL || PyModule_AddType(module, st->job_type) < 0)
+}
+
+static int
+add_type(PyObject *module, PyType_Spec *spec, PyTypeObject **slot)
+{
+    *slot = (PyTypeObject *)PyType_FromModuleAndSpec(module, spec, NULL);
+    return *slot == NULL || PyModule_AddType(module, *slot) < 0 ? -1 : 0;
+}
+
+static int
+bridge_exec(PyObject *module)
+{
+    bridge_state *st = PyModule_GetState(module);
+    pthread_once(&settings_once, read_settings);
+    if (settings_error) {
+        PyErr_Format(PyExc_ValueError,
+                     "SQLALCHEMY_ANYIO_WORKER_SPIN_US must be 0..1000000, not '%s'",
+                     getenv("SQLALCHEMY_ANYIO_WORKER_SPIN_US"));
         return -1;
-    st->channel_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &Channel_spec, NULL);
-    if (st->channel_type == NULL || PyModule_AddType(module, st->channel_type) < 0)
+    }
+    if (add_type(module, &Job_spec, &st->job_type) < 0
+        || add_type(module, &Channel_spec, &st->channel_type) < 0
+        || add_type(module, &Gate_spec, &st->gate_type) < 0)
         return -1;
     return PyModule_AddIntConstant(module, "WORKER_SPIN_NS", (long)worker_spin_max);
 }
@@ -753,6 +1108,7 @@ bridge_traverse(PyObject *module, visitproc visit, void *arg)
     bridge_state *st = PyModule_GetState(module);
     Py_VISIT(st->job_type);
     Py_VISIT(st->channel_type);
+    Py_VISIT(st->gate_type);
     return 0;
 }
 
@@ -762,6 +1118,7 @@ bridge_clear(PyObject *module)
     bridge_state *st = PyModule_GetState(module);
     Py_CLEAR(st->job_type);
     Py_CLEAR(st->channel_type);
+    Py_CLEAR(st->gate_type);
     return 0;
 }
 

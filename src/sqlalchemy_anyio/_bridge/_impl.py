@@ -14,20 +14,20 @@ from typing import TYPE_CHECKING, Any, Awaitable
 from . import _asyncio
 
 if TYPE_CHECKING:  # both offer the same interface (see _cbridge.pyi)
-    from ._native import Channel, Job
+    from ._native import Channel, Gate, Job
 
     ACCELERATED: bool
 elif os.environ.get("SQLALCHEMY_ANYIO_NO_CEXT"):
-    from ._native import Channel, Job
+    from ._native import Channel, Gate, Job
 
     ACCELERATED = False
 else:
     try:
-        from ._cbridge import Channel, Job
+        from ._cbridge import Channel, Gate, Job
 
         ACCELERATED = True
     except ImportError:
-        from ._native import Channel, Job
+        from ._native import Channel, Gate, Job
 
         ACCELERATED = False
 
@@ -60,19 +60,16 @@ LOOP_SPIN = _micros("SQLALCHEMY_ANYIO_LOOP_SPIN_US", 500) if ACCELERATED else 0.
 #: after how long a running job stops counting (it is waiting on the server).
 ACTIVE_WORKERS = _count("SQLALCHEMY_ANYIO_ACTIVE_WORKERS", 0)
 ACTIVE_EXPIRE = _micros("SQLALCHEMY_ANYIO_ACTIVE_EXPIRE_US", 2000)
-if ACTIVE_WORKERS and not ACTIVE_EXPIRE:
+if not ACTIVE_EXPIRE:
     raise ValueError("SQLALCHEMY_ANYIO_ACTIVE_EXPIRE_US must be above 0")
 
-GATE: Any = None
-if ACTIVE_WORKERS and not ACCELERATED:
-    from ._native import Gate
-
-    GATE = Gate(ACTIVE_WORKERS, ACTIVE_EXPIRE)
+#: The process-wide gate every worker's channel goes through.
+GATE = Gate(ACTIVE_WORKERS, ACTIVE_EXPIRE or 0.002)
 
 
-def new_channel() -> Any:
-    """A channel for one new worker, behind the process-wide gate if any."""
-    return Channel(GATE) if GATE is not None else Channel()
+def new_channel() -> Channel:
+    """A channel for one new worker, behind the process-wide gate."""
+    return Channel(GATE)
 
 
 _get_running_loop = asyncio._get_running_loop
@@ -129,6 +126,7 @@ def checkpoint() -> Awaitable[None]:
 __all__ = [
     "ACCELERATED",
     "GATE",
+    "Gate",
     "LOOP_SPIN",
     "Channel",
     "Job",

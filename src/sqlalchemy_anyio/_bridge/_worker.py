@@ -86,6 +86,9 @@ class Worker:
     def ident(self) -> Optional[int]:
         return self._thread.ident
 
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
     def is_current(self) -> bool:
         return threading.get_ident() == self._thread.ident
 

@@ -1,0 +1,204 @@
+"""WorkerQueuePool: each pooled connection lives on one worker thread.
+
+A connection is opened, used, reset and closed by the same thread; callers
+wait once (for a worker with its connection); sessions hold a worker only
+while they hold a connection; new connections stay within the pool's limit.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import anyio
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from sqlalchemy_anyio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy_anyio._pool import WorkerQueuePool
+
+pytestmark = pytest.mark.anyio
+
+ONE = sa.select(sa.literal(1))
+
+
+class _Threads:
+    """Which thread opened, checked out, checked in and closed each DBAPI connection."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.lock = threading.Lock()
+        self.seen: dict[int, dict[str, set[int]]] = {}
+        self.connects = 0
+        for name in ("connect", "checkout", "checkin", "close"):
+            event.listen(engine.sync_engine.pool, name, self._recorder(name))
+
+    def _recorder(self, name: str) -> Any:
+        def record(dbapi_connection: Any, *args: Any) -> None:
+            with self.lock:
+                if name == "connect":
+                    self.connects += 1
+                by_event = self.seen.setdefault(id(dbapi_connection), {})
+                by_event.setdefault(name, set()).add(threading.get_ident())
+
+        return record
+
+    def one_thread_each(self) -> bool:
+        return all(len(set().union(*events.values())) == 1 for events in self.seen.values())
+
+
+async def test_queue_pools_become_worker_pools(db_url: str) -> None:
+    for poolclass in (None, sa.pool.QueuePool, sa.pool.AsyncAdaptedQueuePool):
+        kw = {} if poolclass is None else {"poolclass": poolclass}
+        engine = create_async_engine(db_url, pool_size=3, max_overflow=2, pool_timeout=7, **kw)
+        try:
+            pool = engine.pool
+            assert isinstance(pool, WorkerQueuePool) and isinstance(pool, sa.pool.QueuePool)
+            assert (pool.size(), pool.overflow(), pool.timeout()) == (3, -3, 7)
+            async with engine.connect() as conn:
+                assert await conn.scalar(ONE) == 1
+                assert pool.checkedout() == 1
+            assert pool.checkedout() == 0 and pool.checkedin() == 1
+            assert "Pool size: 3" in pool.status()
+        finally:
+            await engine.dispose()
+    engine = create_async_engine(db_url, poolclass=sa.pool.NullPool)
+    try:
+        assert isinstance(engine.pool, sa.pool.NullPool)
+    finally:
+        await engine.dispose()
+
+
+async def test_each_connection_lives_on_one_thread(db_url: str) -> None:
+    engine = create_async_engine(db_url, pool_size=3, max_overflow=3)
+    threads = _Threads(engine)
+    maker = async_sessionmaker(engine)
+
+    async def task(i: int) -> None:
+        for _ in range(5):
+            async with engine.connect() as conn:
+                assert await conn.scalar(sa.select(sa.literal(i))) == i
+            async with maker() as session:
+                assert await session.scalar(sa.select(sa.literal(i))) == i
+            await anyio.sleep(0)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for i in range(12):
+                tg.start_soon(task, i)
+    finally:
+        await engine.dispose()  # closes every idle connection on its own thread
+    assert threads.seen, "no connection was recorded"
+    unclosed = {k: v for k, v in threads.seen.items() if "close" not in v}
+    assert not unclosed, (unclosed, len(threads.seen))
+    assert threads.one_thread_each(), threads.seen
+
+
+async def test_new_connections_stay_within_the_pool(db_url: str) -> None:
+    """64 tasks, 5 + 10 connections: no churn, no more than 15 ever opened."""
+    engine = create_async_engine(db_url)
+    threads = _Threads(engine)
+    maker = async_sessionmaker(engine)
+    done = 0
+
+    async def task() -> None:
+        nonlocal done
+        for _ in range(10):
+            async with maker() as session:
+                assert await session.scalar(ONE) == 1
+            done += 1
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for _ in range(64):
+                tg.start_soon(task)
+        assert done == 640
+        assert 1 <= threads.connects <= 15
+        assert engine.pool.checkedout() == 0
+        assert engine.pool.checkedin() <= 5  # what overflows is closed again
+    finally:
+        await engine.dispose()
+
+
+async def test_committed_session_does_not_starve_others(db_url: str) -> None:
+    """A session that committed holds no connection (nor thread) any more."""
+    engine = create_async_engine(db_url, pool_size=1, max_overflow=0, pool_timeout=2)
+    maker = async_sessionmaker(engine)
+    try:
+        async with maker() as session:
+            assert await session.scalar(ONE) == 1
+            await session.commit()
+            assert engine.pool.checkedout() == 0
+            async with engine.connect() as conn:  # the only connection is free
+                assert await conn.scalar(ONE) == 1
+            assert await session.scalar(ONE) == 1  # and the session can go on
+            await session.rollback()
+            with anyio.fail_after(5):
+                async with maker() as other:
+                    assert await other.scalar(ONE) == 1
+    finally:
+        await engine.dispose()
+
+
+async def test_session_holds_no_worker_between_transactions(db_url: str) -> None:
+    engine = create_async_engine(db_url, pool_size=1, max_overflow=0, pool_timeout=2)
+    maker = async_sessionmaker(engine)
+    try:
+        async with maker() as one, maker() as two:
+            assert await one.scalar(ONE) == 1
+            await one.rollback()
+            assert await two.scalar(ONE) == 1
+            await two.commit()
+            assert await one.scalar(ONE) == 1
+    finally:
+        await engine.dispose()
+
+
+async def test_dispose_during_a_statement_on_memory_sqlite() -> None:
+    """The one in-memory connection is closed on its own thread, after the statement."""
+    engine = create_async_engine("sqlite://")
+    long_query = sa.text(
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000)"
+        " SELECT count(*) FROM c"
+    )
+    outcome: list[Any] = []
+
+    async def run_query() -> None:
+        try:
+            async with engine.connect() as conn:
+                outcome.append(await conn.scalar(long_query))
+        except Exception as exc:  # noqa: BLE001 - an error for the statement (or its close) is fine
+            outcome.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run_query)
+        await anyio.sleep(0.05)
+        await engine.dispose()
+    # The statement ran to its end (dispose waited for it); closing its
+    # connection afterwards may fail, as the pool's connection is closed.
+    assert outcome and outcome[0] == 3000000, outcome
+    assert all(isinstance(o, sa.exc.DBAPIError) for o in outcome[1:]), outcome
+    async with engine.connect() as conn:  # a new connection after dispose works
+        assert await conn.scalar(ONE) == 1
+    await engine.dispose()
+
+
+async def test_dispose_while_checked_out_closes_on_return(db_url: str) -> None:
+    engine = create_async_engine(db_url, pool_size=2, max_overflow=0)
+    threads = _Threads(engine)
+    try:
+        conn = await engine.connect()
+        assert await conn.scalar(ONE) == 1
+        old_pool = engine.pool
+        await engine.dispose()
+        assert engine.pool is not old_pool
+        assert await conn.scalar(ONE) == 1  # still usable until closed
+        await conn.close()  # comes back to the replaced pool: closed on its thread
+        with anyio.fail_after(10):
+            while not all("close" in events for events in threads.seen.values()):
+                await anyio.sleep(0.01)
+        assert threads.one_thread_each()
+        async with engine.connect() as again:
+            assert await again.scalar(ONE) == 1
+    finally:
+        await engine.dispose()
