@@ -63,9 +63,12 @@ cpu_relax(void)
 #define YIELD_AFTER_NS (10 * US)
 
 /* Spin until *flag != unwanted or budget_ns passed; returns the last value
- * seen (acquire).  Reads the clock only every 32 rounds: it is not free. */
+ * seen (acquire).  Reads the clock only every 32 rounds: it is not free.
+ * With `yield`, past YIELD_AFTER_NS the CPU is offered to others now and
+ * then (a worker's spin); the event loop's never yields: on a busy machine
+ * one yield can cost a whole time slice, and the loop must not stall. */
 static int
-spin_while(_Atomic int *flag, int unwanted, int64_t budget_ns)
+spin_while_(_Atomic int *flag, int unwanted, int64_t budget_ns, int yield)
 {
     int value = atomic_load_explicit(flag, memory_order_acquire);
     if (value != unwanted || budget_ns <= 0)
@@ -80,11 +83,13 @@ spin_while(_Atomic int *flag, int unwanted, int64_t budget_ns)
             now = now_ns();
             if (now - start >= budget_ns)
                 return value;
-            if (now - start >= YIELD_AFTER_NS)
+            if (yield && now - start >= YIELD_AFTER_NS)
                 sched_yield();
         }
     }
 }
+
+#define spin_while(flag, unwanted, budget_ns) spin_while_(flag, unwanted, budget_ns, 1)
 
 /* Worker spin budget for the next job (ns), from SQLALCHEMY_ANYIO_WORKER_SPIN_US. */
 static int64_t worker_spin_max = 100 * US;
@@ -353,7 +358,7 @@ Job_spin_wait(Job *self, PyObject *arg)
     int st;
     Py_BEGIN_ALLOW_THREADS
     atomic_store_explicit(&self->hint, HINT_SPINNING, memory_order_release);
-    st = spin_while(&self->state, PENDING, budget_ns);
+    st = spin_while_(&self->state, PENDING, budget_ns, 0);
     Py_END_ALLOW_THREADS
     return PyBool_FromLong(st == DONE);
 }

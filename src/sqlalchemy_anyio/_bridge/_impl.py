@@ -73,25 +73,17 @@ def new_channel() -> Channel:
 
 
 _get_running_loop = asyncio._get_running_loop
-#: Loop classes without an inspectable run queue (uvloop): never spin there.
-_opaque_loops: set[type] = set()
-
-
 def loop_is_idle() -> bool:
     """True if no other task or callback is ready to run on this event loop.
 
     Only then may the loop spin for a worker: spinning must never delay
-    somebody else's work.  When we cannot tell (uvloop), we say no.
+    somebody else's work.  uvloop's run queue cannot be seen from Python:
+    there only our own calls in flight count (the caller checks those).
     """
     loop = _get_running_loop()
     if loop is not None:
-        if type(loop) in _opaque_loops:
-            return False
         ready = getattr(loop, "_ready", None)  # asyncio's deque of ready handles
-        if ready is None:
-            _opaque_loops.add(type(loop))
-            return False
-        return not ready
+        return ready is None or not ready
     import trio
 
     return trio.lowlevel.current_statistics().tasks_runnable == 0

@@ -30,6 +30,15 @@ _names = itertools.count(1)
 CANCEL_GRACE = 10.0
 
 
+class _InFlight(threading.local):
+    """Calls to workers this thread (an event loop's) is waiting for."""
+
+    n = 0
+
+
+_in_flight = _InFlight()
+
+
 def current_worker() -> Optional[Worker]:
     """The worker whose thread is running this code, if any."""
     return getattr(_local, "worker", None)
@@ -141,21 +150,28 @@ class Worker:
             return fn(*args, **kwargs)
         job = _impl.Job(fn, args, kwargs)
         self._channel.put(job)
-        if self._spin_skip:
-            self._spin_skip -= 1
-        elif _impl.LOOP_SPIN and _impl.loop_is_idle():
-            if job.spin_wait(_impl.LOOP_SPIN):
-                self._spin_backoff = 0
-                await _impl.checkpoint()  # cancellation and fairness as usual
-                return job.outcome()  # type: ignore[no-any-return]
-            self._spin_skip = self._spin_backoff = min(2 * self._spin_backoff + 1, 63)
+        in_flight = _in_flight.n
+        _in_flight.n = in_flight + 1
         try:
-            await _impl.wait(job)
-        except BaseException:
-            if not job.done:
-                await self._settle_cancelled(job)
-            raise
-        return job.outcome()  # type: ignore[no-any-return]
+            if self._spin_skip:
+                self._spin_skip -= 1
+            elif not in_flight and _impl.LOOP_SPIN and _impl.loop_is_idle():
+                # Nothing else of ours is under way and nothing else is ready
+                # to run: wait for this call without going through the loop.
+                if job.spin_wait(_impl.LOOP_SPIN):
+                    self._spin_backoff = 0
+                    await _impl.checkpoint()  # cancellation and fairness as usual
+                    return job.outcome()  # type: ignore[no-any-return]
+                self._spin_skip = self._spin_backoff = min(2 * self._spin_backoff + 1, 63)
+            try:
+                await _impl.wait(job)
+            except BaseException:
+                if not job.done:
+                    await self._settle_cancelled(job)
+                raise
+            return job.outcome()  # type: ignore[no-any-return]
+        finally:
+            _in_flight.n -= 1
 
     async def call_shielded(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """Like :meth:`call`, but run to completion even if cancelled (close, rollback)."""
