@@ -139,6 +139,25 @@ def server_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
     return url_for(request.param, tmp_path)
 
 
+MYSQL_DATABASES = [k for k in SERVER_DATABASES if k.startswith("mysql")]
+
+
+@pytest.fixture(
+    params=MYSQL_DATABASES
+    or [
+        pytest.param(
+            "none",
+            marks=pytest.mark.skip(
+                reason="no MySQL database selected (SQLALCHEMY_ANYIO_DATABASES)"
+            ),
+        )
+    ]
+)
+def mysql_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """Each MySQL/MariaDB driver in turn."""
+    return url_for(request.param, tmp_path)
+
+
 @pytest.fixture
 async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
     """An AsyncEngine on each database, disposed afterwards."""

@@ -34,20 +34,21 @@ accounts = sa.Table(
 
 
 def _still_running(url: str, name: str) -> int:
-    """How many copies of the long query the server is still executing."""
+    """How many copies of the long query the server is still executing (in
+    this database: other runs may share the server)."""
     if name == "sqlite":
         return 0
     sync = sa.create_engine(url, poolclass=sa.pool.NullPool)
     with sync.connect() as c:
         if name == "postgresql":
             n = c.exec_driver_sql(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE state = 'active' AND query = 'SELECT pg_sleep(20)'"
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                "AND query = 'SELECT pg_sleep(20)' AND datname = current_database()"
             ).scalar()
         else:
             n = c.exec_driver_sql(
                 "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
-                "WHERE INFO = 'SELECT SLEEP(20)'"
+                "WHERE INFO = 'SELECT SLEEP(20)' AND DB = DATABASE()"
             ).scalar()
     sync.dispose()
     return int(n or 0)

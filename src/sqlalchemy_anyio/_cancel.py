@@ -8,6 +8,7 @@ the *recoverer* on the worker to leave the connection in a known state.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import weakref
@@ -23,16 +24,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("sqlalchemy_anyio")
 
 
-def _sqlite(conn: Connection, raw: Any) -> None:
+def _sqlite(conn: Connection, raw: Any, timeout: float) -> None:
     raw.interrupt()
 
 
-def _psycopg(conn: Connection, raw: Any) -> None:
-    cancel = getattr(raw, "cancel_safe", None) or raw.cancel
-    cancel()
+def _psycopg(conn: Connection, raw: Any, timeout: float) -> None:
+    cancel_safe = getattr(raw, "cancel_safe", None)
+    if cancel_safe is not None:
+        cancel_safe(timeout=timeout)
+    else:
+        raw.cancel()
 
 
-def _psycopg2(conn: Connection, raw: Any) -> None:
+def _psycopg2(conn: Connection, raw: Any, timeout: float) -> None:
     raw.cancel()
 
 
@@ -45,14 +49,18 @@ def _remember_mysql_id(dbapi_connection: Any, connection_record: Any) -> None:
     setattr(dbapi_connection, _MYSQL_ID, dbapi_connection.thread_id())
 
 
-def _mysql(conn: Connection, raw: Any) -> None:
-    """``KILL QUERY <id>`` on a side connection: MySQL drivers have no cancel."""
+def _mysql(conn: Connection, raw: Any, timeout: float) -> None:
+    """``KILL QUERY <id>`` on a side connection: MySQL drivers have no cancel.
+
+    The side connection is made the way the engine makes its connections
+    (``connect_args``, ``creator=``, ``do_connect`` handlers: credentials,
+    sockets, SSL, tokens), but outside the pool: it must not wait for a
+    place in a pool that the cancelled statement may be filling.
+    """
     thread_id = getattr(raw, _MYSQL_ID, None)
     if thread_id is None:
         return
-    dialect = conn.dialect
-    cargs, cparams = dialect.create_connect_args(conn.engine.url)
-    side = dialect.connect(*cargs, **cparams)
+    side = conn.engine.pool._invoke_creator(None)  # type: ignore[arg-type]
     try:
         cursor = side.cursor()
         cursor.execute(f"KILL QUERY {int(thread_id)}")
@@ -61,7 +69,7 @@ def _mysql(conn: Connection, raw: Any) -> None:
         side.close()
 
 
-_BY_DRIVER: dict[str, Callable[[Connection, Any], None]] = {
+_BY_DRIVER: dict[str, Callable[[Connection, Any, float], None]] = {
     "pysqlite": _sqlite,
     "psycopg": _psycopg,
     "psycopg2": _psycopg2,
@@ -70,8 +78,11 @@ _BY_DRIVER: dict[str, Callable[[Connection, Any], None]] = {
 }
 
 
-def interrupter_for(conn: Connection) -> Optional[Callable[[], None]]:
-    """A callable that interrupts ``conn``'s current statement, or None."""
+def interrupter_for(conn: Connection, timeout: float) -> Optional[Callable[[], None]]:
+    """A callable that interrupts ``conn``'s current statement, or None.
+
+    ``timeout`` bounds the drivers' own waits where they take one.
+    """
     interrupt = _BY_DRIVER.get(conn.dialect.driver)
     if interrupt is None:
         return None
@@ -80,9 +91,26 @@ def interrupter_for(conn: Connection) -> Optional[Callable[[], None]]:
         fairy = conn._dbapi_connection
         raw = fairy.dbapi_connection if fairy is not None else None
         if raw is not None:
-            interrupt(conn, raw)
+            interrupt(conn, raw, timeout)
 
     return interrupter
+
+
+def session_interrupter(sync_session: Session, timeout: float) -> Callable[[], None]:
+    """Interrupt whatever statement the session's connections are running."""
+
+    def interrupt() -> None:
+        trans = sync_session.get_transaction()
+        if trans is None:
+            return
+        for entry in list(trans._connections.values()):
+            conn = entry[0]
+            if isinstance(conn, Connection):
+                interrupter = interrupter_for(conn, timeout)
+                if interrupter is not None:
+                    interrupter()
+
+    return interrupt
 
 
 def _close_streams(worker: Worker) -> None:
@@ -91,6 +119,22 @@ def _close_streams(worker: Worker) -> None:
             result._close_on_worker()
         except Exception:  # the connection is reset next
             log.debug("closing a stream after cancellation failed", exc_info=True)
+
+
+def _invalidate_session(session: Session) -> None:
+    """Invalidate the connections of a session whose call did not settle."""
+    trans = session.get_transaction()
+    if trans is None:
+        return
+    for entry in list(trans._connections.values()):
+        conn = entry[0]
+        if isinstance(conn, Connection) and not conn.closed and not conn.invalidated:
+            conn.invalidate()
+
+
+def _invalidate_connection(conn: Connection) -> None:
+    if not conn.closed and not conn.invalidated:
+        conn.invalidate()
 
 
 def session_recoverer(session: Session, worker: Worker) -> Callable[[], None]:
@@ -146,11 +190,22 @@ def install_engine(engine: Engine) -> None:
 
 
 def arm(worker: Worker, conn: Connection) -> None:
-    """Make ``worker``'s cancellations interrupt and then recover ``conn``.
+    """Make ``worker``'s cancellations interrupt and then recover ``conn``
+    (or invalidate it, when they do not settle in time).
 
     A shared worker is left alone: the call running may be another task's.
     """
     if not worker.exclusive:
         return
-    worker.interrupter = interrupter_for(conn)
+    worker.interrupter = interrupter_for(conn, worker.cancel_timeout())
     worker.recover = recoverer_for(conn, worker)
+    worker.invalidate = functools.partial(_invalidate_connection, conn)
+
+
+def arm_session(worker: Worker, session: Session) -> None:
+    """Like :func:`arm`, for whatever connections ``session`` holds."""
+    if not worker.exclusive:
+        return
+    worker.interrupter = session_interrupter(session, worker.cancel_timeout())
+    worker.recover = session_recoverer(session, worker)
+    worker.invalidate = functools.partial(_invalidate_session, session)

@@ -48,6 +48,8 @@ class WorkerQueuePool(QueuePool):
     """
 
     _is_asyncio = False
+    #: The bound on a cancelled call on this pool's workers (None: the default).
+    cancel_timeout: Optional[float] = None
 
     def __init__(
         self,
@@ -156,7 +158,7 @@ class WorkerQueuePool(QueuePool):
         idle, up to ``pool_size`` of them, and beyond that its connection is
         closed (on its thread) and the thread ends.
         """
-        worker.interrupter = worker.recover = None
+        worker.interrupter = worker.recover = worker.invalidate = None
         worker.take_streams()
         grant = handed = None
         with self._lock:
@@ -302,7 +304,7 @@ class WorkerQueuePool(QueuePool):
             self._replaced = True
         for worker in self._take_idle():
             self._retire(worker, close=False)
-        return self.__class__(
+        successor = self.__class__(
             self._creator,
             pool_size=self._pool_size,
             max_overflow=self._max_overflow,
@@ -316,6 +318,8 @@ class WorkerQueuePool(QueuePool):
             _dispatch=self.dispatch,
             dialect=self._dialect,
         )
+        successor.cancel_timeout = self.cancel_timeout
+        return successor
 
     def size(self) -> int:
         return self._pool_size

@@ -24,7 +24,6 @@ from typing import (
     Union,
 )
 
-import anyio
 from sqlalchemy import exc
 from sqlalchemy import pool as sa_pool
 from sqlalchemy import util as sa_util
@@ -89,10 +88,30 @@ def create_async_engine(url: Union[str, URL], **kw: Any) -> AsyncEngine:
             "DBAPI connection instead."
         )
     kw.pop("_is_async", None)
+    cancel_timeout = _cancel_timeout(kw.pop("cancel_timeout", None))
     sync_url = to_sync_url(url)
     _sqlite_defaults(sync_url, kw)
     _worker_pool_default(sync_url, kw)
-    return AsyncEngine(_create_engine(sync_url, **kw))
+    engine = AsyncEngine(_create_engine(sync_url, **kw))
+    if cancel_timeout is not None:
+        workers_for(engine.sync_engine).cancel_timeout = cancel_timeout
+    return engine
+
+
+def _cancel_timeout(value: Any) -> Optional[float]:
+    """The ``cancel_timeout=`` engine option: seconds, above 0 (None: the default)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not 0 < seconds <= 86400:
+        raise exc.ArgumentError(
+            f"cancel_timeout must be a number of seconds above 0, not {value!r}: it bounds "
+            "how long a cancelled call waits for its statement, interrupt and recovery."
+        )
+    return seconds
 
 
 def async_engine_from_config(
@@ -474,10 +493,14 @@ class AsyncConnection(
         return await worker.call(fn, *args, **kwargs)
 
     async def _call_shielded(self, fn: Callable[..., _T], *args: Any) -> _T:
-        """Run to completion even if cancelled: transaction ends, close."""
-        with anyio.CancelScope(shield=True):
-            return await self._call(fn, *args)
-        raise AssertionError("unreachable: a shielded scope swallows nothing")
+        """Run to its end even if cancelled (within the bound): transaction ends, close."""
+        worker = self._worker
+        if worker is None:
+            conn = self._proxied
+            worker = None if conn.closed else _guard.owner_of(conn)
+            if worker is None:
+                return await self._call(fn, *args)
+        return await worker.call_shielded(fn, *args)
 
     @property
     def connection(self) -> NoReturn:

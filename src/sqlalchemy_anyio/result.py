@@ -20,7 +20,6 @@ from typing import (
     TypeVar,
 )
 
-import anyio
 from sqlalchemy import exc
 from sqlalchemy.engine import FrozenResult, Result, Row, RowMapping
 from sqlalchemy.util.typing import Self
@@ -62,8 +61,8 @@ class AsyncCommon(Generic[_R]):
         self._real_result.close()
 
     async def _close_shielded(self) -> None:
-        with anyio.CancelScope(shield=True):
-            await self.close()
+        self._buffer.clear()
+        await self._worker.call_shielded(self._real_result.close)
 
     @property
     def closed(self) -> bool:

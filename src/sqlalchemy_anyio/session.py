@@ -33,7 +33,6 @@ from typing import (
     overload,
 )
 
-import anyio
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import util as sa_util
 from sqlalchemy.engine import Connection, Engine, Result, ScalarResult
@@ -117,23 +116,6 @@ def _exit_and_close(
         sync_transaction.__exit__(type_, value, tb)
     finally:
         sync_session.close()
-
-
-def _session_interrupter(sync_session: Session) -> Callable[[], None]:
-    """Interrupt whatever statement the session's connections are running."""
-
-    def interrupt() -> None:
-        trans = sync_session.get_transaction()
-        if trans is None:
-            return
-        for entry in list(trans._connections.values()):
-            conn = entry[0]
-            if isinstance(conn, Connection):
-                interrupter = _cancel.interrupter_for(conn)
-                if interrupter is not None:
-                    interrupter()
-
-    return interrupt
 
 
 # --------------------------------------------------------------------------
@@ -252,8 +234,7 @@ class AsyncSession(ReversibleProxy[Session]):
             return self._lease
         lease = self._lease = _Lease(worker, owned)
         if lease.exclusive:
-            worker.interrupter = _session_interrupter(sync)
-            worker.recover = _cancel.session_recoverer(sync, worker)
+            _cancel.arm_session(worker, sync)
         if owned:
             finalizer = self._finalizer = weakref.finalize(self, lease.release)
             finalizer.atexit = False
@@ -269,7 +250,7 @@ class AsyncSession(ReversibleProxy[Session]):
             self._finalizer.detach()
             self._finalizer = None
         if lease.exclusive:
-            lease.worker.interrupter = lease.worker.recover = None
+            lease.worker.interrupter = lease.worker.recover = lease.worker.invalidate = None
         lease.release()
 
     async def _call(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
@@ -281,9 +262,13 @@ class AsyncSession(ReversibleProxy[Session]):
                 self._release()
 
     async def _call_shielded(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        with anyio.CancelScope(shield=True):
-            result = await self._call(fn, *args, **kwargs)
-        return result
+        """Like :meth:`_call`; a cancellation lets ``fn`` run to its end (within the bound)."""
+        lease = self._lease or await self._acquire()
+        try:
+            return await lease.worker.call_shielded(fn, *args, **kwargs)
+        finally:
+            if lease.owned and self._lease is lease and not _holds_connection(self.sync_session):
+                self._release()
 
     async def _end(self, fn: Callable[[], Any], on_worker: bool = False) -> None:
         """Run close()/reset()/invalidate() to completion, then free the worker.
@@ -926,8 +911,7 @@ class _AsyncSessionContextManager(Generic[_AS]):
             value,
             traceback,
         )
-        with anyio.CancelScope(shield=True):
-            await session._end(end, on_worker=type_ is None)
+        await session._end(end, on_worker=type_ is None)  # runs to its end if cancelled
 
 
 def _proxy_connection(session: AsyncSession, sync_conn: Connection) -> AsyncConnection:

@@ -6,11 +6,11 @@ hand-off is done (C accelerator or pure Python, asyncio or trio) stays here.
 
 from ._impl import ACCELERATED
 from ._shared import SharedWorkerPool
-from ._worker import CANCEL_GRACE, Worker, WorkerPool, current_worker
+from ._worker import CANCEL_TIMEOUT, Worker, WorkerPool, current_worker
 
 __all__ = [
     "ACCELERATED",
-    "CANCEL_GRACE",
+    "CANCEL_TIMEOUT",
     "SharedWorkerPool",
     "Worker",
     "WorkerPool",

@@ -73,6 +73,8 @@ def new_channel() -> Channel:
 
 
 _get_running_loop = asyncio._get_running_loop
+
+
 def loop_is_idle() -> bool:
     """True if no other task or callback is ready to run on this event loop.
 

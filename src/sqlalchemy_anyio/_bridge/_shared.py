@@ -21,6 +21,8 @@ class SharedWorkerPool:
 
     #: Lessees must not arm per-connection interrupters on a shared worker.
     shared = True
+    #: The bound on a cancelled call on the worker (None: the default).
+    cancel_timeout: Optional[float] = None
 
     def __init__(self) -> None:
         self.limit = 1

@@ -11,6 +11,7 @@ import atexit
 import collections
 import itertools
 import logging
+import os
 import threading
 import weakref
 from typing import Any, Callable, Deque, Optional, TypeVar
@@ -25,9 +26,28 @@ log = logging.getLogger("sqlalchemy_anyio")
 _local = threading.local()
 _names = itertools.count(1)
 
-#: How long a cancelled call waits (shielded) for its worker to come back
-#: after the driver was asked to interrupt, before the worker is written off.
-CANCEL_GRACE = 10.0
+
+def _seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    try:
+        value = float(raw) if raw.strip() else default
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 86400:
+        raise ValueError(f"{name} must be a number of seconds above 0, not {raw!r}")
+    return value
+
+
+#: The one bound on a cancelled call, all included: the statement, the
+#: driver's interrupt and the recovery.  Past it the caller gets control
+#: back, the connection is invalidated and the worker retired.  Engines take
+#: ``cancel_timeout=``; this is the default (SQLALCHEMY_ANYIO_CANCEL_TIMEOUT).
+CANCEL_TIMEOUT = _seconds("SQLALCHEMY_ANYIO_CANCEL_TIMEOUT", 10.0)
+
+# What a cancellation means for a call still running (see Worker._settle).
+INTERRUPT = "interrupt"  # ask the driver to stop it, wait, recover
+FINISH = "finish"  # let it run to its end (close, rollback)
+ABANDON = "abandon"  # do not wait (connect): clean up after it, retire the worker
 
 
 class _InFlight(threading.local):
@@ -64,6 +84,9 @@ class Worker:
         #: Set by the lessee: run on this worker after a cancelled call was
         #: interrupted, to leave the connection in a known state.
         self.recover: Optional[Callable[[], None]] = None
+        #: Set by the lessee: run on this worker when a cancelled call did not
+        #: settle within the bound, so its connection is never used again.
+        self.invalidate: Optional[Callable[[], None]] = None
         #: Streaming results open on this worker, closed by a recovery.
         self._streams: list[weakref.ref[Any]] = []
         self._streams_lock = threading.Lock()
@@ -142,13 +165,34 @@ class Worker:
     async def call(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """Run ``fn(*args, **kwargs)`` on this worker and return its result.
 
-        Cancellation does not abandon the work: the interrupter is asked to stop
-        it, the worker is awaited (shielded, bounded), then the cancellation
-        propagates.  A worker that does not come back is marked broken.
+        If the caller is cancelled meanwhile, the driver is asked to stop the
+        statement, the call and a recovery (rollback) are awaited within the
+        cancellation bound, then the cancellation propagates (see _settle).
         """
         if self.is_current():  # re-entrant use from inside a run_sync callable
             return fn(*args, **kwargs)
-        job = _impl.Job(fn, args, kwargs)
+        return await self._call_job(_impl.Job(fn, args, kwargs), INTERRUPT)  # type: ignore[no-any-return]
+
+    async def call_shielded(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """Like :meth:`call`, but a cancellation lets it run to its end (close,
+        rollback), within the cancellation bound."""
+        if self.is_current():
+            return fn(*args, **kwargs)
+        return await self._call_job(_impl.Job(fn, args, kwargs), FINISH)  # type: ignore[no-any-return]
+
+    async def call_or_abandon(
+        self, cleanup: Callable[[_T], object], fn: Callable[..., _T], *args: Any
+    ) -> _T:
+        """Like :meth:`call` for work that cannot be interrupted (``connect``).
+
+        On cancellation the caller does not wait: ``cleanup(result)`` runs on
+        this worker if ``fn`` succeeds after all, and the worker is retired.
+        """
+        return await self._call_job(_impl.Job(fn, args, None), ABANDON, cleanup)  # type: ignore[no-any-return]
+
+    async def _call_job(
+        self, job: Any, on_cancel: str, cleanup: Optional[Callable[[Any], object]] = None
+    ) -> Any:
         self._channel.put(job)
         in_flight = _in_flight.n
         _in_flight.n = in_flight + 1
@@ -161,77 +205,77 @@ class Worker:
                 if job.spin_wait(_impl.LOOP_SPIN):
                     self._spin_backoff = 0
                     await _impl.checkpoint()  # cancellation and fairness as usual
-                    return job.outcome()  # type: ignore[no-any-return]
+                    return job.outcome()
                 self._spin_skip = self._spin_backoff = min(2 * self._spin_backoff + 1, 63)
             try:
                 await _impl.wait(job)
             except BaseException:
                 if not job.done:
-                    await self._settle_cancelled(job)
+                    await self._settle(job, on_cancel, cleanup)
                 raise
-            return job.outcome()  # type: ignore[no-any-return]
+            return job.outcome()
         finally:
             _in_flight.n -= 1
 
-    async def call_shielded(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        """Like :meth:`call`, but run to completion even if cancelled (close, rollback)."""
-        with anyio.CancelScope(shield=True):
-            return await self.call(fn, *args, **kwargs)
-        raise AssertionError("unreachable: a shielded scope swallows nothing")
+    async def _settle(
+        self, job: Any, on_cancel: str, cleanup: Optional[Callable[[Any], object]]
+    ) -> None:
+        """What a cancellation means for a call still running; the one place.
 
-    async def call_or_abandon(
-        self, cleanup: Callable[[_T], object], fn: Callable[..., _T], *args: Any
-    ) -> _T:
-        """Like :meth:`call` for work that cannot be interrupted (``connect``).
-
-        On cancellation the caller does not wait: ``cleanup(result)`` is queued
-        to run on this worker if ``fn`` succeeds after all, the worker is
-        marked broken (retired on release), and the cancellation propagates.
+        ABANDON: nobody waits; ``cleanup`` runs after the call if it succeeds,
+        and an exclusive worker is retired.  INTERRUPT: the interrupter stops
+        the statement (off the loop: a network driver's cancel is a round
+        trip), then the call, the interrupt and the recovery are awaited.
+        FINISH: the call is awaited.  Whatever is awaited shares one bound;
+        past it the connection is invalidated (after the call, on this
+        worker) and the worker retired.  A shared worker is never retired:
+        its one connection has no other thread to go to.
         """
-        job = _impl.Job(fn, args, None)
-        self._channel.put(job)
-        try:
-            await _impl.wait(job)
-        except BaseException:
-            # An exclusive worker is retired rather than wait on the call; a
-            # shared one simply runs the cleanup after it, in order.
+        if on_cancel == ABANDON:
             self.broken = self.exclusive
             self._channel.put(_impl.Job(_cleanup_if_succeeded, (job, cleanup), None))
-            raise
-        return job.outcome()  # type: ignore[no-any-return]
-
-    async def _settle_cancelled(self, job: Any) -> None:
-        """Interrupt the running job, wait for it (shielded, bounded), recover."""
-        interrupt_job = None
-        interrupter = self.interrupter
-        if interrupter is not None:
-            # Off the loop: a network driver's cancel is a round trip.
-            interrupt_job = _impl.Job(interrupter, (), None)
+            return
+        interrupt = None
+        if on_cancel == INTERRUPT and self.exclusive and self.interrupter is not None:
+            interrupt = _impl.Job(self.interrupter, (), None)
             threading.Thread(
                 target=_run_quietly,
-                args=(interrupt_job,),
+                args=(interrupt,),
                 name="sqlalchemy-anyio-interrupt",
                 daemon=True,
             ).start()
-        with anyio.CancelScope(shield=True):
-            with anyio.move_on_after(CANCEL_GRACE):
-                await _impl.wait(job)
-            if interrupt_job is not None:
-                # The interrupt must land before anything else runs here,
-                # never on a later statement.
-                with anyio.move_on_after(CANCEL_GRACE):
-                    await _impl.wait(interrupt_job)
-            if not job.done or (interrupt_job is not None and not interrupt_job.done):
-                self.broken = True
-                return
-            recover = self.recover
-            if recover is not None:
-                recover_job = _impl.Job(recover, (), None)
-                self._channel.put(recover_job)
-                with anyio.move_on_after(CANCEL_GRACE):
-                    await _impl.wait(recover_job)
-                if not recover_job.done:
-                    self.broken = True
+        recovered = True
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + self.cancel_timeout()
+            await _impl.wait(job)
+            if interrupt is not None:
+                # It must have landed before anything else runs here, never on
+                # a later statement.
+                await _impl.wait(interrupt)
+            if on_cancel == INTERRUPT and self.exclusive and self.recover is not None:
+                recovered = False
+                recovery = _impl.Job(self.recover, (), None)
+                self._channel.put(recovery)
+                await _impl.wait(recovery)
+                recovered = True
+        settled = job.done and recovered and (interrupt is None or interrupt.done)
+        if not settled and self.exclusive:
+            self.write_off()
+
+    def cancel_timeout(self) -> float:
+        """The bound on a cancelled call on this worker (its engine's setting)."""
+        return getattr(self.pool, "cancel_timeout", None) or CANCEL_TIMEOUT
+
+    def write_off(self) -> None:
+        """Never hand this worker out again; its connection is invalidated
+        once whatever it is stuck in returns."""
+        self.broken = True
+        invalidate = self.invalidate
+        if invalidate is not None:
+            try:
+                self.submit_quietly("invalidating a connection after a cancellation", invalidate)
+            except RuntimeError:  # stopped already
+                pass
 
 
 def _logged(what: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
@@ -255,6 +299,9 @@ def _cleanup_if_succeeded(job: Any, cleanup: Callable[[Any], object]) -> None:
 
 class WorkerPool:
     """A bounded set of reusable workers, leased with an async wait."""
+
+    #: The bound on a cancelled call on these workers (None: the default).
+    cancel_timeout: Optional[float] = None
 
     def __init__(self, limit: int) -> None:
         if limit < 1:
@@ -309,7 +356,7 @@ class WorkerPool:
 
     def release(self, worker: Worker) -> None:
         """Give a worker back; any thread, any loop.  Never blocks."""
-        worker.interrupter = worker.recover = None
+        worker.interrupter = worker.recover = worker.invalidate = None
         worker.take_streams()
         with self._lock:
             if not worker.broken and worker.generation == self._generation:
