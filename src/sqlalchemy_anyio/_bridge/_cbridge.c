@@ -145,6 +145,10 @@ Job_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     else if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OOO:Job", kwlist,
                                           &fn, &fargs, &fkwargs))
         return NULL;
+    if (fn != Py_None && !PyCallable_Check(fn)) {
+        PyErr_SetString(PyExc_TypeError, "Job fn must be callable or None");
+        return NULL;
+    }
     if (fargs != NULL && !PyTuple_Check(fargs)) {
         PyErr_SetString(PyExc_TypeError, "Job args must be a tuple");
         return NULL;

@@ -30,9 +30,16 @@ class Job:
         args: tuple[Any, ...] = (),
         kwargs: Optional[dict[str, Any]] = None,
     ) -> None:
+        # Bad arguments fail here, as in the C twin, not later on the worker.
+        if fn is not None and not callable(fn):
+            raise TypeError("Job fn must be callable or None")
+        if not isinstance(args, tuple):
+            raise TypeError("Job args must be a tuple")
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise TypeError("Job kwargs must be a dict or None")
         self._fn = fn
         self._args = args
-        self._kwargs = kwargs
+        self._kwargs = kwargs or None
         self._lock = threading.Lock()
         self._done = False
         self._value: Any = None
@@ -45,24 +52,37 @@ class Job:
             return self._done
 
     def run(self) -> None:
-        """Run the callable (on the worker thread) and publish its outcome."""
+        """Run the callable (on the worker thread) and publish its outcome.
+
+        If ``set()`` published an outcome meanwhile, that one stands and the
+        run's is dropped: ``run()`` never raises, so the worker survives.
+        """
         fn, args, kwargs = self._fn, self._args, self._kwargs
         self._fn = self._args = self._kwargs = None  # type: ignore[assignment]
+        error: Optional[BaseException] = None
+        value: Any = None
         try:
             if fn is None:
                 raise RuntimeError("job has nothing to run")
             value = fn(*args, **kwargs) if kwargs else fn(*args)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
-            self.set(error=exc)
-        else:
-            self.set(value)
+            error = exc
         del fn, args, kwargs
+        self._publish(value, error)
+        del value, error
 
     def set(self, value: Any = None, error: Optional[BaseException] = None) -> None:
         """Publish the outcome once, from any thread, and wake the waiter."""
+        if error is not None and not isinstance(error, BaseException):
+            raise TypeError("error must be an exception instance or None")
+        if not self._publish(value, error):
+            raise RuntimeError("job outcome already set")
+
+    def _publish(self, value: Any, error: Optional[BaseException]) -> bool:
+        """Store the outcome and wake the waiter; False if one was set already."""
         with self._lock:
             if self._done:
-                raise RuntimeError("job outcome already set")
+                return False
             self._value = value
             self._error = error
             self._done = True
@@ -72,6 +92,7 @@ class Job:
                 waker()
             except BaseException as exc:  # noqa: BLE001 - never lose the worker for a waker
                 _report_unraisable(exc, waker)
+        return True
 
     def set_waker(self, waker: Callable[[], object]) -> bool:
         """Arrange for ``waker()`` on completion; False if already complete."""
