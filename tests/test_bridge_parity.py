@@ -286,3 +286,25 @@ def test_racing_threads_keep_the_invariants(impl: ModuleType, fails: bool) -> No
         channel.put(None)
         worker.join(10)
     assert not worker.is_alive()
+
+
+def test_reset_after_fork_alike(impl: ModuleType) -> None:
+    """What a forked child does to the parent's channels and gate: a channel
+    takes no more jobs (its worker thread is gone), the gate starts empty."""
+    gate = impl.Gate(1, 0.002)
+    channel = impl.Channel(gate)
+    channel.put(impl.Job(int))  # takes the gate's one place
+    assert gate.active == 1
+    gate.reset_after_fork()
+    channel.reset_after_fork()
+    impl.reset_after_fork()
+    assert gate.active == 0
+    with pytest.raises(RuntimeError, match="the worker is stopped"):
+        channel.put(impl.Job(int))
+    channel.put(None)  # stopping it is still fine
+    other = impl.Channel(gate)
+    job = impl.Job(abs, (-3,))
+    other.put(job)
+    other.put(None)
+    other.serve()  # the renewed gate admits the child's own channels
+    assert job.outcome() == 3 and gate.active == 0

@@ -24,6 +24,7 @@ from typing import (
     TypeVar,
 )
 
+from . import _fork
 from . import exc as async_exc
 
 _T = TypeVar("_T")
@@ -31,6 +32,12 @@ _T_co = TypeVar("_T_co", covariant=True)
 _PT = TypeVar("_PT")
 
 _proxy_lock = threading.Lock()
+
+
+@_fork.in_child
+def _reset_after_fork() -> None:
+    global _proxy_lock
+    _proxy_lock = threading.Lock()
 
 
 class ReversibleProxy(Generic[_PT]):

@@ -18,6 +18,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
+from . import _fork
+
 if TYPE_CHECKING:
     from ._bridge import Worker
 
@@ -176,6 +178,12 @@ def recoverer_for(conn: Connection, worker: Worker) -> Callable[[], None]:
 
 _installed: weakref.WeakSet[Engine] = weakref.WeakSet()
 _installed_lock = threading.Lock()
+
+
+@_fork.in_child
+def _reset_after_fork() -> None:
+    global _installed_lock
+    _installed_lock = threading.Lock()
 
 
 def install_engine(engine: Engine) -> None:

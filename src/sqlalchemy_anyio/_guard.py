@@ -16,6 +16,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
+from . import _fork
 from . import exc as async_exc
 
 if TYPE_CHECKING:
@@ -24,6 +25,13 @@ if TYPE_CHECKING:
 _OWNER_ATTR = "_sqlalchemy_anyio_worker"
 
 _installed_lock = threading.Lock()
+
+
+@_fork.in_child
+def _reset_after_fork() -> None:
+    global _installed_lock
+    _installed_lock = threading.Lock()
+
 
 REMEDY = (
     "Inside async code, load what you need up front (selectinload(), "

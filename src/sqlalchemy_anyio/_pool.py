@@ -20,12 +20,14 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import weakref
 from typing import Any, Deque, Optional
 
 from sqlalchemy import exc
 from sqlalchemy.pool import Pool, QueuePool
 from sqlalchemy.pool.base import ConnectionPoolEntry
 
+from . import _fork
 from ._bridge import Worker, _impl, current_worker
 
 log = logging.getLogger("sqlalchemy_anyio")
@@ -77,6 +79,7 @@ class WorkerQueuePool(QueuePool):
         self._replaced = False
         #: Workers ending (their connection closing): dispose() waits for them.
         self._retiring: list[Worker] = []
+        _live.add(self)
 
     # -- capacity -------------------------------------------------------------
 
@@ -255,6 +258,16 @@ class WorkerQueuePool(QueuePool):
 
     # -- pool maintenance ------------------------------------------------------
 
+    def _reset_after_fork(self) -> None:
+        """In a forked child: the idle workers and their connections are the
+        parent's; forget them (unclosed, see ``_fork``) and free their slots.
+        Connections checked out at the fork are retired if they come back."""
+        self._lock = threading.Lock()
+        self._open -= len(self._idle)
+        self._idle.clear()
+        self._waiters.clear()
+        self._retiring = []
+
     def _retire(self, worker: Worker, close: bool) -> None:
         """End ``worker`` after what it has queued, closing its connection or not."""
         worker.broken = True  # never handed out again
@@ -342,6 +355,15 @@ class WorkerQueuePool(QueuePool):
             f"Current Overflow: {self.overflow()} "
             f"Current Checked out connections: {self.checkedout()}"
         )
+
+
+_live: weakref.WeakSet[WorkerQueuePool] = weakref.WeakSet()
+
+
+@_fork.in_child
+def _reset_after_fork() -> None:
+    for pool in list(_live):
+        pool._reset_after_fork()
 
 
 def _close_record(worker: Worker) -> None:

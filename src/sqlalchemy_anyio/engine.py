@@ -32,7 +32,7 @@ from sqlalchemy.engine import create_engine as _create_engine
 from sqlalchemy.engine import create_pool_from_url as _create_pool_from_url
 from sqlalchemy.engine.url import URL
 
-from . import _cancel, _guard
+from . import _cancel, _fork, _guard
 from . import exc as async_exc
 from ._base import (
     ProxyComparable,
@@ -181,6 +181,12 @@ _pools: weakref.WeakKeyDictionary[Engine, WorkerPool | SharedWorkerPool] = (
     weakref.WeakKeyDictionary()
 )
 _pools_lock = threading.Lock()
+
+
+@_fork.in_child
+def _reset_after_fork() -> None:
+    global _pools_lock
+    _pools_lock = threading.Lock()
 
 
 def _root_engine(engine: Engine) -> Engine:

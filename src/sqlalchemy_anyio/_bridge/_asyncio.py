@@ -14,6 +14,8 @@ import threading
 import weakref
 from typing import Any, Optional
 
+from .. import _fork
+
 
 class _Wakeups:
     """The futures of one loop whose jobs completed, resolved in one callback."""
@@ -56,6 +58,15 @@ _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Wakeups] = (
     weakref.WeakKeyDictionary()
 )
 _local = threading.local()
+
+
+@_fork.in_child
+def _reset_after_fork() -> None:
+    """The parent's loops are not running here; their wake-ups' locks may be
+    held by threads that are gone."""
+    global _by_loop, _local
+    _by_loop = weakref.WeakKeyDictionary()
+    _local = threading.local()
 
 
 def _wakeups(loop: asyncio.AbstractEventLoop) -> _Wakeups:

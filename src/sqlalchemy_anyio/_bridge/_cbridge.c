@@ -665,6 +665,26 @@ Gate_get_limit(Gate *self, void *Py_UNUSED(closure))
     return PyLong_FromLong(self->limit);
 }
 
+/* In a child made by fork(): the channels in the gate belonged to threads
+ * that do not exist here, and the mutex may have been held by one of them.
+ * Start afresh: no place taken, nobody in line. */
+static PyObject *
+Gate_reset_after_fork(Gate *self, PyObject *Py_UNUSED(ignored))
+{
+    pthread_mutex_init(&self->mutex, NULL);
+    for (int i = 0; i < self->active; i++)
+        self->admitted[i] = NULL;
+    self->active = 0;
+    self->line_head = self->line_tail = NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Gate_methods[] = {
+    {"reset_after_fork", (PyCFunction)Gate_reset_after_fork, METH_NOARGS,
+     "In a forked child: forget the parent's channels, renew the lock."},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyGetSetDef Gate_getset[] = {
     {"active", (getter)Gate_get_active, NULL, "Channels holding a place now.", NULL},
     {"limit", (getter)Gate_get_limit, NULL, "Places (0: no limit).", NULL},
@@ -676,6 +696,7 @@ static PyType_Slot Gate_slots[] = {
     {Py_tp_new, Gate_new},
     {Py_tp_dealloc, Gate_dealloc},
     {Py_tp_getset, Gate_getset},
+    {Py_tp_methods, Gate_methods},
     {0, NULL},
 };
 
@@ -1037,7 +1058,30 @@ Channel_serve(Channel *self, PyObject *Py_UNUSED(ignored))
     }
 }
 
+/* In a child made by fork(): the worker serving this channel is a thread of
+ * the parent, absent here, and may have held the mutex at the fork.  Renew
+ * the mutex and condition, leave the gate, and take no more jobs (a put()
+ * fails instead of waiting for ever).  Queued jobs stay, unrun. */
+static PyObject *
+Channel_reset_after_fork(Channel *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->ring == NULL)
+        Py_RETURN_NONE;
+    pthread_mutex_init(&self->mutex, NULL);
+    pthread_cond_init(&self->cond, NULL);
+    self->parked = 0;
+    self->closed = 1;
+    self->line_next = NULL;
+    atomic_store_explicit(&self->admitted, 0, memory_order_relaxed);
+    atomic_store_explicit(&self->waiting, 0, memory_order_relaxed);
+    atomic_store_explicit(&self->first, 0, memory_order_relaxed);
+    atomic_store_explicit(&self->started_ns, 0, memory_order_relaxed);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef Channel_methods[] = {
+    {"reset_after_fork", (PyCFunction)Channel_reset_after_fork, METH_NOARGS,
+     "In a forked child: renew the locks; the worker is gone, take no more jobs."},
     {"put", (PyCFunction)Channel_put, METH_O, "Queue a job (None stops the worker)."},
     {"get", (PyCFunction)Channel_get, METH_NOARGS,
      "Take the next job, waiting for it without the GIL (ignores the gate)."},
@@ -1085,6 +1129,20 @@ read_settings(void)
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     max_worker_spinners = cpus > 2 ? (int)(cpus / 2) : 1;
 }
+
+/* In a child made by fork(): no worker of the parent spins here. */
+static PyObject *
+bridge_reset_after_fork(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    atomic_store(&worker_spinners, 0);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef bridge_methods[] = {
+    {"reset_after_fork", bridge_reset_after_fork, METH_NOARGS,
+     "In a forked child: forget the parent's spinning workers."},
+    {NULL, NULL, 0, NULL},
+};
 
 static int
 add_type(PyObject *module, PyType_Spec *spec, PyTypeObject **slot)
@@ -1153,6 +1211,7 @@ static struct PyModuleDef bridge_module = {
     .m_name = "sqlalchemy_anyio._bridge._cbridge",
     .m_doc = "The loop <-> worker hand-off, waiting without the GIL.",
     .m_size = sizeof(bridge_state),
+    .m_methods = bridge_methods,
     .m_slots = bridge_slots,
     .m_traverse = bridge_traverse,
     .m_clear = bridge_clear,

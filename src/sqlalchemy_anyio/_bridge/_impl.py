@@ -11,23 +11,24 @@ import asyncio
 import os
 from typing import TYPE_CHECKING, Any, Awaitable
 
+from .. import _fork
 from . import _asyncio
 
 if TYPE_CHECKING:  # both offer the same interface (see _cbridge.pyi)
-    from ._native import Channel, Gate, Job
+    from ._native import Channel, Gate, Job, reset_after_fork
 
     ACCELERATED: bool
 elif os.environ.get("SQLALCHEMY_ANYIO_NO_CEXT"):
-    from ._native import Channel, Gate, Job
+    from ._native import Channel, Gate, Job, reset_after_fork
 
     ACCELERATED = False
 else:
     try:
-        from ._cbridge import Channel, Gate, Job
+        from ._cbridge import Channel, Gate, Job, reset_after_fork
 
         ACCELERATED = True
     except ImportError:
-        from ._native import Channel, Gate, Job
+        from ._native import Channel, Gate, Job, reset_after_fork
 
         ACCELERATED = False
 
@@ -65,6 +66,12 @@ if not ACTIVE_EXPIRE:
 
 #: The process-wide gate every worker's channel goes through.
 GATE = Gate(ACTIVE_WORKERS, ACTIVE_EXPIRE or 0.002)
+
+
+@_fork.in_child
+def _reset_after_fork() -> None:
+    reset_after_fork()
+    GATE.reset_after_fork()
 
 
 def new_channel() -> Channel:

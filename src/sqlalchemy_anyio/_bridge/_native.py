@@ -129,6 +129,11 @@ class Job:
         return value
 
 
+def reset_after_fork() -> None:
+    """In a forked child: nothing process-wide to forget (the C twin counts
+    its spinning workers)."""
+
+
 def _report_unraisable(exc: BaseException, obj: object) -> None:
     """Hand ``exc`` to ``sys.unraisablehook``, as the C twin does."""
     sys.unraisablehook(
@@ -223,6 +228,12 @@ class Gate:
             woken.append(self._line[0])
         return woken
 
+    def reset_after_fork(self) -> None:
+        """In a forked child: forget the parent's channels, renew the lock."""
+        self._lock = threading.Lock()
+        self._admitted = []
+        self._line = deque()
+
     def _first_in_line(self, channel: Channel) -> bool:
         with self._lock:
             return bool(self._line) and self._line[0] is channel
@@ -273,6 +284,14 @@ class Channel:
                 self._cond.notify()
                 return
         _wake(self._gate._enter(self))
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: renew the lock; the worker thread is gone, so
+        take no more jobs (``put`` fails instead of waiting for ever)."""
+        self._cond = threading.Condition(threading.Lock())
+        self._closed = True
+        self._admitted = self._waiting = False
+        self._started = None
 
     def get(self) -> Optional[Job]:
         """The next item, waiting for it (ignores the gate)."""

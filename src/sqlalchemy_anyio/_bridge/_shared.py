@@ -11,8 +11,10 @@ the statement running may belong to another task.
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import Optional
 
+from .. import _fork
 from ._worker import Worker
 
 
@@ -31,6 +33,7 @@ class SharedWorkerPool:
         #: Lessees per worker; a worker replaced after it broke ends with its
         #: last lessee.
         self._leases: dict[Worker, int] = {}
+        _live.add(self)
 
     @property
     def size(self) -> int:
@@ -82,3 +85,18 @@ class SharedWorkerPool:
         worker = self._take_idle()
         if worker is not None:
             worker.join(timeout)
+
+    def _reset_after_fork(self) -> None:
+        """In a forked child: the shared worker is gone; the next lessee
+        starts another."""
+        self._lock = threading.Lock()
+        self._worker = None
+
+
+_live: weakref.WeakSet[SharedWorkerPool] = weakref.WeakSet()
+
+
+@_fork.in_child
+def _reset_after_fork() -> None:
+    for pool in list(_live):
+        pool._reset_after_fork()

@@ -15,6 +15,8 @@ from typing import Any, Optional
 
 import trio
 
+from .. import _fork
+
 
 class _Wakeups:
     """The tasks of one trio run whose jobs completed, rescheduled in one callback."""
@@ -58,6 +60,15 @@ _by_token: weakref.WeakKeyDictionary[trio.lowlevel.TrioToken, _Wakeups] = (
     weakref.WeakKeyDictionary()
 )
 _local = threading.local()
+
+
+@_fork.in_child
+def _reset_after_fork() -> None:
+    """The parent's loops are not running here; their wake-ups' locks may be
+    held by threads that are gone."""
+    global _by_token, _local
+    _by_token = weakref.WeakKeyDictionary()
+    _local = threading.local()
 
 
 def _wakeups() -> _Wakeups:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Deque, Optional, TypeVar
 
 import anyio
 
+from .. import _fork
 from . import _impl
 
 _T = TypeVar("_T")
@@ -101,6 +102,7 @@ class Worker:
             target=self._run, name=f"sqlalchemy-anyio-worker-{next(_names)}", daemon=True
         )
         self._thread.start()
+        _workers.add(self)
 
     def track_stream(self, result: Any) -> None:
         """Remember an open streaming result (closed if a call is cancelled)."""
@@ -266,6 +268,18 @@ class Worker:
         """The bound on a cancelled call on this worker (its engine's setting)."""
         return getattr(self.pool, "cancel_timeout", None) or CANCEL_TIMEOUT
 
+    def _orphaned(self) -> None:
+        """In a forked child: this worker's thread is the parent's and does
+        not exist here.  It is never handed out again, takes no more jobs,
+        counts as stopped, and its connection is left alone (kept, unclosed:
+        closing it would end the parent's session on the server)."""
+        self.broken = True
+        self._channel.reset_after_fork()
+        self._exited = _impl.Job()
+        self._exited.set()
+        self._streams_lock = threading.Lock()
+        self._streams = []
+
     def write_off(self) -> None:
         """Never hand this worker out again; its connection is invalidated
         once whatever it is stuck in returns."""
@@ -397,8 +411,31 @@ class WorkerPool:
     def has_waiters(self) -> bool:
         return bool(self._waiters)
 
+    def _reset_after_fork(self) -> None:
+        """In a forked child: none of the workers exists; those leased in
+        the parent are retired if they ever come back."""
+        self._lock = threading.Lock()
+        self._count -= len(self._idle)
+        self._idle = []
+        self._waiters.clear()
+        self._generation += 1
+
 
 _live_pools: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
+#: Every worker started in this process and not yet collected.
+_workers: weakref.WeakSet[Worker] = weakref.WeakSet()
+
+
+@_fork.in_child
+def _reset_after_fork() -> None:
+    _in_flight.n = 0
+    workers = list(_workers)
+    _workers.clear()
+    for worker in workers:
+        worker._orphaned()
+    _fork.inherited.extend(workers)
+    for pool in list(_live_pools):
+        pool._reset_after_fork()
 
 
 @atexit.register
