@@ -217,6 +217,7 @@ class WorkerQueuePool(QueuePool):
         worker = current_worker()
         if worker is not None and worker.record is record:
             worker.record_out = False
+            worker.owned.dbapi_connection = record.dbapi_connection
         else:  # checked in elsewhere (a garbage-collected connection): log only
             log.warning("connection %r was returned to the pool off its worker thread", record)
 
@@ -368,6 +369,7 @@ def _reset_after_fork() -> None:
 
 def _close_record(worker: Worker) -> None:
     record, worker.record = worker.record, None
+    worker.owned.dbapi_connection = None
     if record is not None:
         try:
             record.close()
@@ -377,3 +379,4 @@ def _close_record(worker: Worker) -> None:
 
 def _drop_record(worker: Worker) -> None:
     worker.record = None
+    worker.owned.dbapi_connection = None

@@ -24,6 +24,7 @@ from typing import (
     Union,
 )
 
+import anyio
 from sqlalchemy import exc
 from sqlalchemy import pool as sa_pool
 from sqlalchemy import util as sa_util
@@ -39,7 +40,7 @@ from ._base import (
     StartableContext,
     asyncstartablecontext,
 )
-from ._bridge import SharedWorkerPool, Worker, WorkerPool
+from ._bridge import CANCEL_TIMEOUT, SharedWorkerPool, Worker, WorkerPool
 from ._buffer import buffer_result
 from ._pool import WorkerQueuePool
 from ._urls import to_sync_url
@@ -342,9 +343,11 @@ class AsyncEngine(ProxyComparable[Engine], AsyncConnectable):
         """Dispose of the connection pool and end the idle worker threads.
 
         Every idle connection is closed on the thread that owns it; those
-        checked out now are closed when they are given back.
+        checked out now are closed when they are given back.  Cancelled, it
+        still finishes (within the cancellation bound), then re-raises.
         """
         workers = workers_for(self.sync_engine)
+        bound = workers.cancel_timeout or CANCEL_TIMEOUT
         if isinstance(workers, SharedWorkerPool):
             # The one connection belongs to the shared worker: close it
             # there, after whatever that worker is running now.
@@ -353,6 +356,7 @@ class AsyncEngine(ProxyComparable[Engine], AsyncConnectable):
                 await worker.call_shielded(self.sync_engine.dispose, close=close)
             finally:
                 workers.release(worker)
+                await _dispose_workers(workers, bound)
         else:
             # A short-lived thread of its own: dispose() waits for the idle
             # workers to close their connections, and leased ones may be busy.
@@ -361,9 +365,11 @@ class AsyncEngine(ProxyComparable[Engine], AsyncConnectable):
                 await worker.call_shielded(self.sync_engine.dispose, close=close)
             finally:
                 worker.stop()
-                await worker.wait_stopped()
-        if not isinstance(workers, WorkerQueuePool):
-            await workers.dispose()
+                with anyio.CancelScope(shield=True) as scope:
+                    scope.deadline = anyio.current_time() + bound
+                    await worker.wait_stopped()
+                if not isinstance(workers, WorkerQueuePool):
+                    await _dispose_workers(workers, bound)
 
     def clear_compiled_cache(self) -> None:
         """Clear the compiled cache associated with the dialect."""
@@ -781,6 +787,14 @@ def _buffered_call(
 
 def _close_quietly(connection: Connection) -> None:
     connection.close()
+
+
+async def _dispose_workers(workers: WorkerPool | SharedWorkerPool, bound: float) -> None:
+    """End the idle workers even if the caller is cancelled: their stop is
+    sent at once; waiting for their threads is bounded by ``bound``."""
+    with anyio.CancelScope(shield=True) as scope:
+        scope.deadline = anyio.current_time() + bound
+        await workers.dispose()
 
 
 def _abandoned(worker: Worker, connection: Connection) -> None:

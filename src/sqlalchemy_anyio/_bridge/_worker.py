@@ -62,7 +62,19 @@ _in_flight = _InFlight()
 
 def current_worker() -> Optional[Worker]:
     """The worker whose thread is running this code, if any."""
-    return getattr(_local, "worker", None)
+    ref: Optional[weakref.ref[Worker]] = getattr(_local, "worker", None)
+    return None if ref is None else ref()
+
+
+class Owned:
+    """The DBAPI connection an idle worker owns, held apart from the pool's
+    record of it (which refers to the pool): if the worker is collected with
+    its pool, its finalizer closes this connection on the worker's thread."""
+
+    __slots__ = ("dbapi_connection",)
+
+    def __init__(self) -> None:
+        self.dbapi_connection: Any = None
 
 
 class Worker:
@@ -98,10 +110,20 @@ class Worker:
         #: Calls left before the loop tries spinning again, and the back-off
         #: after a spin that missed (the calls here take longer than the budget).
         self._spin_skip = self._spin_backoff = 0
+        #: Kept up to date by the pool at each check-in (see ``_pool``).
+        self.owned = Owned()
+        # The thread must not keep the worker alive (only the channel): an
+        # engine dropped without dispose() is collected, workers and all, and
+        # the finalizer then ends the threads.
         self._thread = threading.Thread(
-            target=self._run, name=f"sqlalchemy-anyio-worker-{next(_names)}", daemon=True
+            target=_serve,
+            args=(self._channel, weakref.ref(self), self._exited),
+            name=f"sqlalchemy-anyio-worker-{next(_names)}",
+            daemon=True,
         )
         self._thread.start()
+        finalizer = weakref.finalize(self, _collected, self._channel, self.owned)
+        finalizer.atexit = False  # at exit, _stop_all_workers and daemon threads
         _workers.add(self)
 
     def track_stream(self, result: Any) -> None:
@@ -125,13 +147,6 @@ class Worker:
 
     def is_current(self) -> bool:
         return threading.get_ident() == self._thread.ident
-
-    def _run(self) -> None:
-        _local.worker = self
-        try:
-            self._channel.serve()
-        finally:
-            self._exited.set()
 
     def stop(self) -> None:
         """Ask the thread to finish after the jobs already queued."""
@@ -290,6 +305,34 @@ class Worker:
                 self.submit_quietly("invalidating a connection after a cancellation", invalidate)
             except RuntimeError:  # stopped already
                 pass
+
+
+def _serve(channel: Any, worker: weakref.ref[Worker], exited: Any) -> None:
+    """A worker thread's whole life."""
+    _local.worker = worker
+    try:
+        channel.serve()
+    finally:
+        exited.set()
+
+
+def _collected(channel: Any, owned: Owned) -> None:
+    """Finalizer of a worker collected unstopped (its engine was dropped
+    without dispose()): close its connection on its thread, end the thread."""
+    try:
+        channel.put(_impl.Job(_close_owned, (owned,), None))
+        channel.put(None)
+    except RuntimeError:  # stopped already
+        pass
+
+
+def _close_owned(owned: Owned) -> None:
+    conn, owned.dbapi_connection = owned.dbapi_connection, None
+    if conn is not None:
+        try:
+            conn.close()
+        except Exception:
+            log.debug("closing the connection of a collected worker failed", exc_info=True)
 
 
 def _logged(what: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
