@@ -5,7 +5,11 @@ dropped without ``dispose()``, and a cancelled ``dispose()`` still finishes.
 from __future__ import annotations
 
 import gc
+import json
 import sqlite3
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from typing import Any, Callable, ClassVar, Optional
@@ -15,6 +19,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
+from conftest import subprocess_env
 from sqlalchemy_anyio import AsyncEngine, create_async_engine
 
 pytestmark = pytest.mark.anyio
@@ -184,3 +189,68 @@ async def test_cancelled_dispose_still_finishes(
 @pytest.mark.parametrize("when", ["at-once", "midway"])
 async def test_cancelled_dispose_of_a_memory_engine_still_finishes(when: str) -> None:
     await _cancelled_dispose(create_async_engine("sqlite://"), "sqlite://", when)
+
+
+GC_IN_LOCKED_SECTIONS = textwrap.dedent(
+    """
+    import gc, json, sys
+
+    import anyio
+    import sqlalchemy as sa
+
+    from sqlalchemy_anyio import _base, create_async_engine
+
+    url, backend, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+
+
+    async def main():
+        # A proxied object collected (its weakref callback runs) while the
+        # proxy registry's lock is held by the collecting thread.
+        class Target:
+            pass
+
+        target = Target()
+        target.cycle = target
+        proxy = _base.ReversibleProxy()
+        proxy._assign_proxied(target)
+        del target
+        with _base._proxy_lock:
+            gc.collect()
+
+        # An AsyncConnection dropped unclosed, collected (its finalizer runs)
+        # while its pool's lock is held by the collecting thread.
+        engine = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=30)
+        conn = await engine.connect()
+        await conn.scalar(sa.text("SELECT 1"))
+        box = [conn]
+        box.append(box)
+        del conn, box
+        with engine.pool._lock:
+            gc.collect()
+        async with engine.connect() as conn:  # the one connection came back
+            assert await conn.scalar(sa.text("SELECT 2")) == 2
+        await engine.dispose()
+        print("ok")
+
+
+    anyio.run(main, backend=backend, backend_options=options)
+    """
+)
+
+
+def test_collections_inside_locked_sections_do_not_deadlock(
+    sqlite_url: str, anyio_backend: Any
+) -> None:
+    """Finalizers and weakref callbacks run wherever the collector runs, also
+    inside the package's own locked sections: none may wait for a lock its
+    thread holds (a fresh interpreter, so a deadlock only fails this test)."""
+    name, options = anyio_backend
+    proc = subprocess.run(
+        [sys.executable, "-c", GC_IN_LOCKED_SECTIONS, sqlite_url, name, json.dumps(options)],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["ok"]

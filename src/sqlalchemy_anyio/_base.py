@@ -31,13 +31,15 @@ _T = TypeVar("_T")
 _T_co = TypeVar("_T_co", covariant=True)
 _PT = TypeVar("_PT")
 
-_proxy_lock = threading.Lock()
+# Reentrant: the weakref callback below may run inside a block holding it,
+# when the allocation of a weakref there sets off the garbage collector.
+_proxy_lock = threading.RLock()
 
 
 @_fork.in_child
 def _reset_after_fork() -> None:
     global _proxy_lock
-    _proxy_lock = threading.Lock()
+    _proxy_lock = threading.RLock()
 
 
 class ReversibleProxy(Generic[_PT]):

@@ -40,7 +40,7 @@ from ._base import (
     StartableContext,
     asyncstartablecontext,
 )
-from ._bridge import CANCEL_TIMEOUT, SharedWorkerPool, Worker, WorkerPool
+from ._bridge import CANCEL_TIMEOUT, SharedWorkerPool, Worker, WorkerPool, give_back_later
 from ._buffer import buffer_result
 from ._pool import WorkerQueuePool
 from ._urls import to_sync_url
@@ -800,11 +800,7 @@ async def _dispose_workers(workers: WorkerPool | SharedWorkerPool, bound: float)
 def _abandoned(worker: Worker, connection: Connection) -> None:
     """Finalizer of an AsyncConnection dropped unclosed: close it on its worker
     (after whatever is queued there) and give the worker back."""
-    try:
-        worker.submit(_close_quietly, connection)
-    except RuntimeError:  # the worker has stopped
-        pass
-    worker.pool.release(worker)
+    give_back_later(worker, _close_quietly, connection)
 
 
 # --------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from sqlalchemy.orm import state as _instance_state
 from . import _cancel, _guard
 from . import exc as async_exc
 from ._base import ReversibleProxy, StartableContext
-from ._bridge import Worker
+from ._bridge import Worker, give_back_later
 from ._buffer import buffer_result
 from .engine import AsyncConnection, AsyncEngine, lease_worker, spare_workers
 from .result import AsyncResult, AsyncScalarResult
@@ -96,6 +96,14 @@ class _Lease:
         if self.owned:
             self.owned = False
             self.worker.pool.release(self.worker)
+
+
+def _collected(lease: _Lease) -> None:
+    """Finalizer of a session dropped holding its worker: give it back from
+    the worker's own thread (see ``give_back_later``)."""
+    if lease.owned:
+        lease.owned = False
+        give_back_later(lease.worker)
 
 
 def _holds_connection(sync_session: Session) -> bool:
@@ -236,7 +244,7 @@ class AsyncSession(ReversibleProxy[Session]):
         if lease.exclusive:
             _cancel.arm_session(worker, sync)
         if owned:
-            finalizer = self._finalizer = weakref.finalize(self, lease.release)
+            finalizer = self._finalizer = weakref.finalize(self, _collected, lease)
             finalizer.atexit = False
         _guard.set_session_owner(sync, worker)
         return lease

@@ -6,7 +6,7 @@ hand-off is done (C accelerator or pure Python, asyncio or trio) stays here.
 
 from ._impl import ACCELERATED
 from ._shared import SharedWorkerPool
-from ._worker import CANCEL_TIMEOUT, Worker, WorkerPool, current_worker
+from ._worker import CANCEL_TIMEOUT, Worker, WorkerPool, current_worker, give_back_later
 
 __all__ = [
     "ACCELERATED",
@@ -15,4 +15,5 @@ __all__ = [
     "Worker",
     "WorkerPool",
     "current_worker",
+    "give_back_later",
 ]

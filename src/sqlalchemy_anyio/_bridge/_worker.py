@@ -307,6 +307,27 @@ class Worker:
                 pass
 
 
+def give_back_later(worker: Worker, fn: Optional[Callable[..., Any]] = None, *args: Any) -> None:
+    """For finalizers: run ``fn(*args)``, then give ``worker`` back to its pool,
+    both on the worker's own thread.
+
+    A finalizer runs wherever the garbage collector happens to run, possibly
+    inside code that holds the pool's lock (not reentrant): it must not take it.
+    """
+    try:
+        worker.submit(_give_back, worker, fn, args)
+    except RuntimeError:  # stopped: nothing runs there any more
+        worker.pool.release(worker)
+
+
+def _give_back(worker: Worker, fn: Optional[Callable[..., Any]], args: tuple[Any, ...]) -> None:
+    try:
+        if fn is not None:
+            fn(*args)
+    finally:
+        worker.pool.release(worker)
+
+
 def _serve(channel: Any, worker: weakref.ref[Worker], exited: Any) -> None:
     """A worker thread's whole life."""
     _local.worker = worker
