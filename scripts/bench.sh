@@ -4,6 +4,7 @@
 # sqlalchemy_anyio with its C and Python bridges).
 #
 #   sh scripts/bench.sh [--quick] [--servers | --pg-url URL --mysql-url URL] [...]
+#   sh scripts/bench.sh --web [--servers] [...]   web-shaped load (benchmarks/web.py)
 #
 # PYTHON (default python3) picks the interpreter, VENV (default .venv-bench)
 # the environment.  Results: a table on stdout, benchmarks/results/latest.json
@@ -19,4 +20,7 @@ PY="$VENV/bin/python"
 "$PY" -m pip install -q --disable-pip-version-check --upgrade pip
 "$PY" -m pip install -q --disable-pip-version-check -r requirements/bench.txt
 "$PY" -m pip install -q --disable-pip-version-check -e .
-exec "$PY" benchmarks/run.py "$@"
+case "${1:-}" in
+    --web) shift; exec "$PY" benchmarks/web.py "$@" ;;
+    *) exec "$PY" benchmarks/run.py "$@" ;;
+esac
