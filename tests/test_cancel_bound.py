@@ -149,3 +149,35 @@ async def test_late_interrupt_never_reaches_another_statement(mysql_url: str) ->
             assert await other.scalar(sa.text("SELECT SLEEP(2) + 6")) == 6
     finally:
         await engine.dispose()
+
+
+async def test_shared_worker_is_never_written_off() -> None:
+    """In-memory SQLite has one connection on one shared worker.  A cancelled
+    statement that outlives the bound must not retire that worker: a second
+    thread on the same sqlite3 connection while the first still runs it is
+    what the shared worker exists to prevent.  Later calls wait their turn."""
+    engine, opened = _slow_sqlite("sqlite://")
+    threads: list[int] = []
+
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def record_thread(*args: Any) -> None:
+        threads.append(threading.get_ident())
+
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(sa.text("CREATE TABLE t (x INTEGER)"))
+            await conn.commit()
+
+        async def body() -> None:
+            async with engine.connect() as conn:
+                await conn.execute(SLOW)
+
+        elapsed = await _bounded(body)
+        assert elapsed < 0.3 + BOUND + 0.7, elapsed
+        async with engine.connect() as conn:
+            # The table is still there: same in-memory database, same connection.
+            assert await conn.scalar(sa.text("SELECT count(*) FROM t")) == 0
+        assert len(opened) == 1
+        assert len(set(threads)) == 1, "the shared connection ran on two threads"
+    finally:
+        await engine.dispose()
