@@ -24,7 +24,12 @@ from sqlalchemy_anyio import AsyncEngine, async_sessionmaker, create_async_engin
 pytestmark = pytest.mark.anyio
 
 BOUND = 0.5
-SLOW = sa.text("SELECT slow(2.5)")
+STATEMENT = 4.0
+SLOW = sa.text(f"SELECT slow({STATEMENT})")
+#: Control must come back well before the statement ends: the outer timeout,
+#: the bound, and slack for a loaded machine.
+WITHIN = 0.3 + BOUND + 1.7
+assert WITHIN < STATEMENT
 
 
 def _slow_sqlite(url: str, **kw: Any) -> tuple[AsyncEngine, list[int]]:
@@ -59,7 +64,7 @@ async def test_cancelled_statement_is_bounded_then_written_off(sqlite_url: str) 
                 await conn.execute(SLOW)
 
         elapsed = await _bounded(body)
-        assert elapsed < 0.3 + BOUND + 0.7, elapsed  # not the statement's 2.5 s
+        assert elapsed < WITHIN, elapsed  # not the statement's full length
         # The connection stuck in the statement is never handed out again:
         # the next caller gets a new one, and its statements run untouched.
         async with engine.connect() as conn:
@@ -88,7 +93,7 @@ async def test_closing_behind_a_stuck_statement_is_bounded(sqlite_url: str, how:
                     await conn.execute(SLOW)
 
         elapsed = await _bounded(body)
-        assert elapsed < 0.3 + BOUND + 0.7, elapsed
+        assert elapsed < WITHIN, elapsed
         async with maker() as session:
             assert await session.scalar(sa.select(sa.literal(3))) == 3
         assert engine.pool.checkedout() == 0
@@ -115,9 +120,9 @@ async def test_mysql_cancel_connects_like_the_engine(mysql_url: str) -> None:
         async with engine.connect() as conn:
             started = time.monotonic()
             with anyio.move_on_after(0.5) as scope:
-                await conn.exec_driver_sql("SELECT SLEEP(3)")
+                await conn.exec_driver_sql("SELECT SLEEP(5)")
             assert scope.cancelled_caught
-            assert time.monotonic() - started < 2.0
+            assert time.monotonic() - started < 3.0  # not the statement's 5 s
             assert await conn.scalar(sa.select(sa.literal(5))) == 5
     finally:
         await engine.dispose()
@@ -173,7 +178,7 @@ async def test_shared_worker_is_never_written_off() -> None:
                 await conn.execute(SLOW)
 
         elapsed = await _bounded(body)
-        assert elapsed < 0.3 + BOUND + 0.7, elapsed
+        assert elapsed < WITHIN, elapsed
         async with engine.connect() as conn:
             # The table is still there: same in-memory database, same connection.
             assert await conn.scalar(sa.text("SELECT count(*) FROM t")) == 0
