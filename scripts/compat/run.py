@@ -44,7 +44,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -127,11 +127,9 @@ def sdist(requirement: str) -> Path:
     found = [p for p in CACHE.iterdir() if p.name.lower().startswith(stem)]
     if not found:
         log(f"downloading the {requirement} sdist")
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-             "--disable-pip-version-check", "-d", str(CACHE), requirement],
-            check=True,
-        )  # fmt: skip
+        pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+        options = ["-q", "--no-deps", "--no-binary", ":all:", "-d", str(CACHE)]
+        subprocess.run([*pip, "download", *options, requirement], check=True)
         found = [p for p in CACHE.iterdir() if p.name.lower().startswith(stem)]
     if len(found) != 1 or not found[0].name.endswith(".tar.gz"):
         raise SystemExit(f"expected one {stem}*.tar.gz in {CACHE}, found {found}")
@@ -143,7 +141,7 @@ def extract(archive: Path, member_prefix: str, dest: Path) -> Path:
     with tarfile.open(archive) as tar:
         top = tar.getnames()[0].split("/")[0]
         prefix = f"{top}/{member_prefix}".rstrip("/")
-        members = [m for m in tar.getmembers() if m.name == prefix or m.name.startswith(prefix + "/")]
+        members = [m for m in tar.getmembers() if (m.name + "/").startswith(prefix + "/")]
         if not members:
             raise SystemExit(f"{archive.name} has no {prefix}")
         kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
@@ -165,7 +163,7 @@ def pinned_source(name: str) -> str:
 @dataclass
 class Database:
     name: str
-    url: Callable[[Path], str]  # async URL as a client would write it, given a scratch dir
+    url: Callable[[Path], str]  # async URL as a client writes it, given a scratch folder
     reset: Callable[[], None]
 
     def tables(self, scratch: Path) -> set[str]:
@@ -173,9 +171,8 @@ class Database:
         from sqlalchemy import create_engine, inspect, make_url
 
         url = make_url(self.url(scratch))
-        sync = url.set(drivername=f"{url.get_backend_name()}+"
-                       f"{'psycopg' if url.get_backend_name() == 'postgresql' else 'pysqlite'}")  # fmt: skip
-        engine = create_engine(sync)
+        driver = {"postgresql": "psycopg", "sqlite": "pysqlite"}[url.get_backend_name()]
+        engine = create_engine(url.set(drivername=f"{url.get_backend_name()}+{driver}"))
         try:
             return set(inspect(engine).get_table_names())
         finally:
@@ -215,46 +212,54 @@ def sqlite() -> Database:
 # -- clients -------------------------------------------------------------------
 
 
-def trio_entry(source: str, entry: str, fn: str) -> Optional[str]:
-    """``source`` with its asyncio entry point run on trio, or None if it uses asyncio otherwise."""
+class Skipped(Exception):
+    """This client cannot run on this loop; the message says why."""
+
+
+def attempt(
+    client: str, db: Database, loop: str, step: Callable[..., str], *args: object
+) -> Outcome:
+    """Run one client on one database and loop: ``step(*args, db, loop)`` returns a note."""
+    t0 = time.perf_counter()
+    try:
+        note = step(*args, db, loop)
+    except Skipped as e:
+        return Outcome(client, db.name, loop, None, 0.0, str(e))
+    except Failed as e:
+        return Outcome(client, db.name, loop, False, time.perf_counter() - t0, str(e))
+    return Outcome(client, db.name, loop, True, time.perf_counter() - t0, note)
+
+
+def trio_entry(source: str, entry: str, fn: str) -> str:
+    """``source`` with its asyncio entry point run on trio; Skipped if it uses asyncio otherwise."""
     tree = ast.parse(source.replace(entry, "pass"))
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
             if node.value.id == "asyncio":
-                return None
+                raise Skipped(f"calls asyncio.{node.attr} itself")
     return replace_once(source, entry, f'__import__("trio").run({fn})', "entry point")
 
 
-def examples(dbs: list[Database], loops: list[str], scratch: Path) -> list[Outcome]:
+def examples(dbs: list[Database], loops: list[str], scratch: Path) -> Iterator[Outcome]:
     import sqlalchemy
 
     folder = extract(sdist(f"sqlalchemy=={sqlalchemy.__version__}"), "examples/asyncio", scratch)
-    out: list[Outcome] = []
+
+    def example(script: Path, db: Database, loop: str) -> str:
+        work = Path(tempfile.mkdtemp(dir=scratch))
+        source = replace_once(script.read_text(), EXAMPLE_URL, repr(db.url(work)), script.name)
+        if loop == "trio":
+            source = trio_entry(source, ENTRY, "async_main")
+        (work / script.name).write_text(source)
+        db.reset()
+        run([sys.executable, script.name], work, alias=True)
+        return ""
+
     for script in sorted(folder.glob("*.py")):
-        if script.name == "__init__.py":
-            continue
-        original = script.read_text()
-        for db in dbs:
-            for loop in loops:
-                label = f"examples/asyncio/{script.name}"
-                t0 = time.perf_counter()
-                work = Path(tempfile.mkdtemp(dir=scratch))
-                try:
-                    source = replace_once(original, EXAMPLE_URL, repr(db.url(work)), label)
-                    if loop == "trio":
-                        trio_source = trio_entry(source, ENTRY, "async_main")
-                        if trio_source is None:
-                            out.append(Outcome(label, db.name, loop, None, 0.0,
-                                               "calls asyncio itself"))  # fmt: skip
-                            continue
-                        source = trio_source
-                    (work / script.name).write_text(source)
-                    db.reset()
-                    run([sys.executable, script.name], work, alias=True)
-                    out.append(Outcome(label, db.name, loop, True, time.perf_counter() - t0))
-                except Failed as e:
-                    out.append(Outcome(label, db.name, loop, False, time.perf_counter() - t0, str(e)))
-    return out
+        if script.name != "__init__.py":
+            for db in dbs:
+                for loop in loops:
+                    yield attempt(f"examples/asyncio/{script.name}", db, loop, example, script)
 
 
 MODELS = '''\
@@ -295,97 +300,78 @@ class Note(Base):
     body: Mapped[str | None]
     account: Mapped[Account] = relationship(back_populates="notes")
 '''
+AUTOGENERATED = (
+    "op.create_table('compat_account'",
+    "op.create_table('compat_note'",
+    "ix_compat_note_title",
+    "uq_compat_account_email",
+)
 
 
-def alembic(dbs: list[Database], loops: list[str], scratch: Path) -> list[Outcome]:
-    out: list[Outcome] = []
+def alembic(dbs: list[Database], loops: list[str], scratch: Path) -> Iterator[Outcome]:
     exe = str(BIN / "alembic")
+
+    def migrate(db: Database, loop: str) -> str:
+        work = Path(tempfile.mkdtemp(dir=scratch))
+        db.reset()
+        run([exe, "init", "-t", "async", "migrations"], work)
+        ini = work / "alembic.ini"
+        pattern, url = r"^sqlalchemy\.url = .*$", f"sqlalchemy.url = {db.url(work)}"
+        text, n = re.subn(pattern, url, ini.read_text(), flags=re.M)
+        if n != 1:
+            raise Failed(f"alembic.ini: expected one sqlalchemy.url line, found {n}")
+        ini.write_text(text)
+        env_py = work / "migrations" / "env.py"
+        src = env_py.read_text()
+        ours = "from sqlalchemy_anyio import async_engine_from_config"
+        src = replace_once(src, ENV_PY_IMPORT, ours, "env.py")
+        metadata = "from models import Base\ntarget_metadata = Base.metadata"
+        src = replace_once(src, "target_metadata = None", metadata, "env.py")
+        if loop == "trio":
+            src = trio_entry(src, ENV_PY_ENTRY, "run_async_migrations")
+        env_py.write_text(src)
+        (work / "models.py").write_text(MODELS)
+
+        run([exe, "revision", "--autogenerate", "-m", "init"], work)
+        (revision,) = (work / "migrations" / "versions").glob("*_init.py")
+        body = revision.read_text()
+        missed = [name for name in AUTOGENERATED if name not in body]
+        if missed:
+            raise Failed(f"autogenerate missed {missed}:\n{body}")
+        run([exe, "upgrade", "head"], work)
+        tables = db.tables(work)
+        if not {"compat_account", "compat_note", "alembic_version"} <= tables:
+            raise Failed(f"tables after upgrade head: {sorted(tables)}")
+        run([exe, "check"], work)
+        run([exe, "downgrade", "base"], work)
+        tables = db.tables(work)
+        if tables & {"compat_account", "compat_note"}:
+            raise Failed(f"tables after downgrade base: {sorted(tables)}")
+        return ""
+
     for db in dbs:
         for loop in loops:
-            t0 = time.perf_counter()
-            work = Path(tempfile.mkdtemp(dir=scratch))
-            try:
-                db.reset()
-                run([exe, "init", "-t", "async", "migrations"], work)
-                ini = work / "alembic.ini"
-                text, n = re.subn(
-                    r"^sqlalchemy\.url = .*$",
-                    f"sqlalchemy.url = {db.url(work)}",
-                    ini.read_text(),
-                    flags=re.M,
-                )
-                if n != 1:
-                    raise Failed(f"alembic.ini: expected one sqlalchemy.url line, found {n}")
-                ini.write_text(text)
-                env_py = work / "migrations" / "env.py"
-                src = env_py.read_text()
-                src = replace_once(
-                    src, ENV_PY_IMPORT, "from sqlalchemy_anyio import async_engine_from_config",
-                    "env.py",
-                )  # fmt: skip
-                src = replace_once(
-                    src, "target_metadata = None",
-                    "from models import Base\ntarget_metadata = Base.metadata", "env.py",
-                )  # fmt: skip
-                if loop == "trio":
-                    trio_src = trio_entry(src, ENV_PY_ENTRY, "run_async_migrations")
-                    if trio_src is None:
-                        out.append(Outcome("alembic -t async", db.name, loop, None, 0.0,
-                                           "env.py calls asyncio itself"))  # fmt: skip
-                        continue
-                    src = trio_src
-                env_py.write_text(src)
-                (work / "models.py").write_text(MODELS)
-
-                run([exe, "revision", "--autogenerate", "-m", "init"], work)
-                (rev,) = (work / "migrations" / "versions").glob("*_init.py")
-                body = rev.read_text()
-                for expected in ("op.create_table('compat_account'", "op.create_table('compat_note'",
-                                 "ix_compat_note_title", "uq_compat_account_email"):  # fmt: skip
-                    if expected not in body:
-                        raise Failed(f"autogenerate missed {expected!r}:\n{body}")
-                run([exe, "upgrade", "head"], work)
-                tables = db.tables(work)
-                if not {"compat_account", "compat_note", "alembic_version"} <= tables:
-                    raise Failed(f"tables after upgrade head: {sorted(tables)}")
-                run([exe, "check"], work)
-                run([exe, "downgrade", "base"], work)
-                tables = db.tables(work)
-                if tables & {"compat_account", "compat_note"}:
-                    raise Failed(f"tables after downgrade base: {sorted(tables)}")
-                out.append(Outcome("alembic -t async", db.name, loop, True, time.perf_counter() - t0))
-            except Failed as e:
-                out.append(Outcome("alembic -t async", db.name, loop, False,
-                                   time.perf_counter() - t0, str(e)))  # fmt: skip
-    return out
+            yield attempt("alembic -t async", db, loop, migrate)
 
 
-def fastapi_users(dbs: list[Database], loops: list[str], scratch: Path) -> list[Outcome]:
+def fastapi_users(dbs: list[Database], loops: list[str], scratch: Path) -> Iterator[Outcome]:
     root = extract(sdist(pinned_source("fastapi-users-db-sqlalchemy")), "", scratch)
-    out: list[Outcome] = []
-    label = "fastapi-users-db-sqlalchemy tests"
+
+    def suite(db: Database, loop: str) -> str:
+        # asyncio: on pytest-asyncio, as upstream runs it; trio: through
+        # anyio's pytest plugin (shim/compat_anyio_trio.py).
+        plugins = ["-p", "compat_anyio_trio", "-p", "no:asyncio"] if loop == "trio" else []
+        db.reset()
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugins, "tests"]
+        output = run(cmd, root, env={"DATABASE_URL": db.url(root)}, alias=True)
+        summary = output.strip().splitlines()[-1]
+        if " passed" not in summary or "failed" in summary or "error" in summary:
+            raise Failed(f"unexpected pytest summary: {summary}\n{output[-6000:]}")
+        return summary
+
     for db in dbs:
         for loop in loops:
-            # asyncio: as upstream runs it, on pytest-asyncio; trio: through
-            # anyio's pytest plugin (shim/compat_anyio_trio.py).
-            plugins = [] if loop == "asyncio" else ["-p", "compat_anyio_trio", "-p", "no:asyncio"]
-            t0 = time.perf_counter()
-            try:
-                db.reset()
-                output = run(
-                    [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugins,
-                     "tests"],  # fmt: skip
-                    root,
-                    env={"DATABASE_URL": db.url(root)},
-                    alias=True,
-                )
-                summary = output.strip().splitlines()[-1]
-                if " passed" not in summary or "failed" in summary or "error" in summary:
-                    raise Failed(f"unexpected pytest summary: {summary}\n{output[-6000:]}")
-                out.append(Outcome(label, db.name, loop, True, time.perf_counter() - t0, summary))
-            except Failed as e:
-                out.append(Outcome(label, db.name, loop, False, time.perf_counter() - t0, str(e)))
-    return out
+            yield attempt("fastapi-users-db-sqlalchemy tests", db, loop, suite)
 
 
 CLIENTS = {"examples": examples, "alembic": alembic, "fastapi-users": fastapi_users}

@@ -40,7 +40,8 @@ def pytest_pycollect_makeitem(
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # anyio parametrizes anyio_backend over all its backends; asyncio is
     # covered by the suite's own pytest-asyncio run, so keep trio only.
-    keep, drop = [], []
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
     for item in items:
         callspec = getattr(item, "callspec", None)
         backend = callspec.params.get("anyio_backend") if callspec else None
