@@ -1,32 +1,37 @@
 """Run real clients of SQLAlchemy's asyncio extension on sqlalchemy_anyio.
 
-Clients, each on SQLite and PostgreSQL:
+Clients, each on SQLite, PostgreSQL and MySQL/MariaDB, asyncio and trio:
 
 * SQLAlchemy's own ``examples/asyncio`` (from the sdist of the installed
   SQLAlchemy), with ``sqlalchemy.ext.asyncio`` resolved to sqlalchemy_anyio by
   the import alias in ``shim/`` and the example's hard-coded
   ``postgresql+asyncpg://scott:tiger@localhost/test`` pointed at our database.
-  On asyncio, and on trio when the only asyncio call in the script is its
-  ``asyncio.run(async_main())`` entry point (replaced by ``trio.run``).
+  On trio when the only asyncio call in the script is its
+  ``asyncio.run(async_main())`` entry point (replaced by ``trio.run``).  Not on
+  MySQL: their ``String`` columns have no length.
 * Alembic's ``async`` template: ``alembic init -t async``, the generated
-  env.py's import switched to sqlalchemy_anyio, a model module, then
-  ``revision --autogenerate``, ``upgrade head``, ``check``, ``downgrade base``.
-  env.py's own ``asyncio.run`` entry point is swapped for trio the same way.
+  env.py's import switched to sqlalchemy_anyio (the one-line edit a user
+  makes; no alias), a model module, then ``revision --autogenerate``,
+  ``upgrade head``, ``check``, ``downgrade base``, with the tables checked
+  after each migration.  env.py's ``asyncio.run`` entry point is swapped for
+  trio the same way.
 * fastapi-users-db-sqlalchemy's test suite (from its sdist) through the import
   alias: on asyncio with pytest-asyncio as upstream runs it, and on trio
   through anyio's pytest plugin (shim/compat_anyio_trio.py).
 
 The environment (requirements/compat.txt) has neither greenlet nor an async
 driver, so the official extension cannot have served any of these: whatever
-passes ran on sqlalchemy_anyio.  Async URLs (``+aiosqlite``, ``+asyncpg``) are
-kept as the clients write them and mapped by sqlalchemy_anyio.
+passes ran on sqlalchemy_anyio.  Async URLs (``+aiosqlite``, ``+asyncpg``,
+``+aiomysql``) are kept as the clients write them and mapped by sqlalchemy_anyio.
 
-The PostgreSQL database (SQLALCHEMY_ANYIO_COMPAT_PG_URL, default
-``postgresql+asyncpg://postgres@127.0.0.1:5432/sqlalchemy_anyio_compat``) is
-created if missing and its ``public`` schema is emptied before each client run.
+The server databases, SQLALCHEMY_ANYIO_COMPAT_PG_URL and
+SQLALCHEMY_ANYIO_COMPAT_MYSQL_URL (defaults below, database
+``sqlalchemy_anyio_compat``), are created if missing and EMPTIED before each
+client run (PostgreSQL: schema ``public`` dropped and re-created; MySQL: the
+database dropped and re-created): never point them at data you want to keep.
 
 Usage: run.py [--clients examples,alembic,fastapi-users]
-              [--databases sqlite,postgresql] [--loops asyncio,trio]
+              [--databases sqlite,postgresql,mysql] [--loops asyncio,trio]
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ SOURCES = ROOT / "requirements" / "compat-sources.txt"
 CACHE = Path(sys.prefix) / "compat-sources"
 BIN = Path(sys.executable).parent
 DEFAULT_PG = "postgresql+asyncpg://postgres@127.0.0.1:5432/sqlalchemy_anyio_compat"
+DEFAULT_MYSQL = "mysql+aiomysql://root@127.0.0.1:3306/sqlalchemy_anyio_compat"
 EXAMPLE_URL = '"postgresql+asyncpg://scott:tiger@localhost/test"'
 ENTRY = "asyncio.run(async_main())"
 ENV_PY_IMPORT = "from sqlalchemy.ext.asyncio import async_engine_from_config"
@@ -171,7 +177,9 @@ class Database:
         from sqlalchemy import create_engine, inspect, make_url
 
         url = make_url(self.url(scratch))
-        driver = {"postgresql": "psycopg", "sqlite": "pysqlite"}[url.get_backend_name()]
+        driver = {"postgresql": "psycopg", "mysql": "pymysql", "sqlite": "pysqlite"}[
+            url.get_backend_name()
+        ]
         engine = create_engine(url.set(drivername=f"{url.get_backend_name()}+{driver}"))
         try:
             return set(inspect(engine).get_table_names())
@@ -203,6 +211,24 @@ def postgresql(url: str) -> Database:
         engine.dispose()
 
     return Database("postgresql", lambda _: target.render_as_string(False), reset)
+
+
+def mysql(url: str) -> Database:
+    from sqlalchemy import create_engine, make_url, text
+
+    target = make_url(url)
+    sync = target.set(drivername="mysql+pymysql")
+    name = target.database
+
+    def reset() -> None:
+        admin = create_engine(sync.set(database=None), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+            conn.execute(text(f"CREATE DATABASE `{name}`"))
+        admin.dispose()
+
+    reset()
+    return Database("mysql", lambda _: target.render_as_string(False), reset)
 
 
 def sqlite() -> Database:
@@ -246,6 +272,8 @@ def examples(dbs: list[Database], loops: list[str], scratch: Path) -> Iterator[O
     folder = extract(sdist(f"sqlalchemy=={sqlalchemy.__version__}"), "examples/asyncio", scratch)
 
     def example(script: Path, db: Database, loop: str) -> str:
+        if db.name == "mysql":
+            raise Skipped("the examples' String columns have no length, which MySQL requires")
         work = Path(tempfile.mkdtemp(dir=scratch))
         source = replace_once(script.read_text(), EXAMPLE_URL, repr(db.url(work)), script.name)
         if loop == "trio":
@@ -266,7 +294,7 @@ MODELS = '''\
 """Models for the compatibility job's Alembic run."""
 import enum
 
-from sqlalchemy import ForeignKey, Index, String, UniqueConstraint, func
+from sqlalchemy import ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -286,7 +314,7 @@ class Account(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(200))
     role: Mapped[Role] = mapped_column(default=Role.member)
-    created: Mapped[str] = mapped_column(String(40), server_default=func.current_timestamp())
+    status: Mapped[str] = mapped_column(String(20), server_default="active")
     notes: Mapped[list["Note"]] = relationship(back_populates="account")
 
 
@@ -297,7 +325,7 @@ class Note(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("compat_account.id", ondelete="CASCADE"))
     title: Mapped[str] = mapped_column(String(100))
-    body: Mapped[str | None]
+    body: Mapped[str | None] = mapped_column(String(2000))
     account: Mapped[Account] = relationship(back_populates="notes")
 '''
 AUTOGENERATED = (
@@ -380,7 +408,7 @@ CLIENTS = {"examples": examples, "alembic": alembic, "fastapi-users": fastapi_us
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", default=",".join(CLIENTS))
-    parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument("--databases", default="sqlite,postgresql,mysql")
     parser.add_argument("--loops", default="asyncio,trio")
     args = parser.parse_args()
     check_environment()
@@ -391,8 +419,10 @@ def main() -> int:
             dbs.append(sqlite())
         elif name == "postgresql":
             dbs.append(postgresql(os.environ.get("SQLALCHEMY_ANYIO_COMPAT_PG_URL", DEFAULT_PG)))
+        elif name == "mysql":
+            dbs.append(mysql(os.environ.get("SQLALCHEMY_ANYIO_COMPAT_MYSQL_URL", DEFAULT_MYSQL)))
         else:
-            parser.error(f"unknown database {name!r}: sqlite or postgresql")
+            parser.error(f"unknown database {name!r}: sqlite, postgresql or mysql")
     loops = args.loops.split(",")
     for loop in loops:
         if loop not in ("asyncio", "trio"):

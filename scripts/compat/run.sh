@@ -1,16 +1,17 @@
 #!/bin/sh
 # Compatibility job: real clients of SQLAlchemy's asyncio extension (its own
 # examples/asyncio, Alembic's async template, fastapi-users-db-sqlalchemy's
-# test suite) run on sqlalchemy_anyio, on SQLite and PostgreSQL, asyncio and
-# trio.  See scripts/compat/run.py for what runs and how the import is switched.
+# test suite) run on sqlalchemy_anyio, on SQLite, PostgreSQL and MariaDB,
+# asyncio and trio.  See scripts/compat/run.py for what runs and how the
+# import is switched.
 #
 #   sh scripts/compat/run.sh [--clients ...] [--databases ...] [--loops ...]
 #
 # PYTHON (default python3) picks the interpreter, VENV (default .venv-compat)
-# the environment (pinned in requirements/compat.txt).  The PostgreSQL database
-# is SQLALCHEMY_ANYIO_COMPAT_PG_URL (default
-# postgresql+asyncpg://postgres@127.0.0.1:5432/sqlalchemy_anyio_compat); it is
-# created if missing and emptied before each client run.
+# the environment (pinned in requirements/compat.txt).  The server databases
+# (SQLALCHEMY_ANYIO_COMPAT_PG_URL, SQLALCHEMY_ANYIO_COMPAT_MYSQL_URL; database
+# sqlalchemy_anyio_compat on 127.0.0.1 by default) are created if missing and
+# emptied before each client run.
 set -eu
 cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-python3}
