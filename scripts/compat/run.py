@@ -100,6 +100,11 @@ def run(
     )
     if proc.returncode != 0:
         raise Failed(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-6000:]}")
+    # what an exit status does not show: errors swallowed in finalizers,
+    # callbacks or threads, and coroutines dropped unawaited
+    for sign in ("Traceback (most recent call last)", "Exception ignored", "never awaited"):
+        if sign in proc.stdout:
+            raise Failed(f"{' '.join(cmd)} printed {sign!r}:\n{proc.stdout[-6000:]}")
     return proc.stdout
 
 
