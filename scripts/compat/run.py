@@ -226,7 +226,7 @@ def mysql(url: str) -> Database:
     name = target.database
 
     def reset() -> None:
-        admin = create_engine(sync.set(database=None), isolation_level="AUTOCOMMIT")
+        admin = create_engine(sync.set(database="mysql"), isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
             conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
             conn.execute(text(f"CREATE DATABASE `{name}`"))
