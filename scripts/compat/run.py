@@ -63,6 +63,7 @@ EXAMPLE_URL = '"postgresql+asyncpg://scott:tiger@localhost/test"'
 ENTRY = "asyncio.run(async_main())"
 ENV_PY_IMPORT = "from sqlalchemy.ext.asyncio import async_engine_from_config"
 ENV_PY_ENTRY = "asyncio.run(run_async_migrations())"
+TIMEOUT = 300  # seconds for one client command: a hang fails the job, not CI's clock
 
 
 class Failed(Exception):
@@ -95,9 +96,19 @@ def run(
     if alias:
         full_env["PYTHONPATH"] = str(SHIM)
     full_env.update(env or {})
-    proc = subprocess.run(
-        cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    try:
+        proc = subprocess.run(
+            cmd,
+            cwd=cwd,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=TIMEOUT,
+        )
+    except subprocess.TimeoutExpired as e:
+        output = e.output.decode(errors="replace") if isinstance(e.output, bytes) else e.output
+        raise Failed(f"{' '.join(cmd)} still running after {TIMEOUT}s:\n{output or ''}") from None
     if proc.returncode != 0:
         raise Failed(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-6000:]}")
     # what an exit status does not show: errors swallowed in finalizers,
@@ -120,8 +131,13 @@ def replace_once(text: str, old: str, new: str, where: str) -> str:
 
 
 def check_environment() -> None:
-    """The official extension must be unusable here (see module docstring)."""
-    present = [m for m in ("greenlet", "aiosqlite", "asyncpg") if importlib.util.find_spec(m)]
+    """The official extension must be unusable here (see module docstring).
+
+    Without greenlet, SQLAlchemy 2.1 refuses to import ``sqlalchemy.ext.asyncio``
+    at all, and 2.0 fails on the first statement.
+    """
+    async_drivers = ("greenlet", "aiosqlite", "asyncpg", "aiomysql", "asyncmy")
+    present = [m for m in async_drivers if importlib.util.find_spec(m)]
     if present:
         raise SystemExit(
             f"{', '.join(present)} installed in {sys.prefix}: the compatibility environment "
