@@ -15,7 +15,7 @@ import anyio
 import anyio.from_thread
 import pytest
 import sqlalchemy as sa
-from sqlalchemy import ForeignKey, event, select
+from sqlalchemy import ForeignKey, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
@@ -187,7 +187,7 @@ async def test_await_on_the_loop_is_refused() -> None:
     coro = _async_double(1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the coroutine is closed: no "never awaited"
-        with pytest.raises(sa_exc.InvalidRequestError, match="event loop thread.*'await"):
+        with pytest.raises(sa_exc.InvalidRequestError, match=r"event loop thread.*'await"):
             await_(coro)
         del coro
         gc.collect()

@@ -11,10 +11,10 @@ import sqlalchemy as sa
 
 from sqlalchemy_anyio import (
     _urls,
-    exc,
     async_engine_from_config,
     create_async_engine,
     create_async_pool_from_url,
+    exc,
 )
 
 pytestmark = pytest.mark.anyio

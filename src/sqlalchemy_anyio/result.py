@@ -135,19 +135,26 @@ class AsyncCommon(Generic[_R]):
 
     async def one_or_none(self) -> Optional[_R]:
         """At most one row, or raise if there are more."""
-        self._unbuffer_for_exactness()
+        if self._buffer:
+            return await self._only_one_buffered("one or none")
         return await self._worker.call(self._view.one_or_none)
 
     async def one(self) -> _R:
         """Exactly one row, or raise."""
-        self._unbuffer_for_exactness()
+        if self._buffer:
+            return await self._only_one_buffered("exactly one")
         return await self._worker.call(self._view.one)
 
-    def _unbuffer_for_exactness(self) -> None:
-        if self._buffer:
-            raise exc.InvalidRequestError(
-                "one() / one_or_none() can't be used after iteration has begun."
-            )
+    async def _only_one_buffered(self, wanted: str) -> _R:
+        """one() and friends once ``async for`` has read ahead: as the sync
+        Result, the rows not handed out yet count (the next one, and whether
+        another follows), and the result is closed."""
+        row = self._buffer.popleft()
+        more = bool(self._buffer) or bool(await self._worker.call(self._view.fetchmany, 1))
+        await self._close_shielded()
+        if more:
+            raise exc.MultipleResultsFound(f"Multiple rows were found when {wanted} was required")
+        return row
 
 
 class _WithKeys:
@@ -200,12 +207,14 @@ class AsyncResult(_WithKeys, AsyncCommon[Row[Any]], Generic[_TP]):
 
     async def scalar_one(self) -> Any:
         """Exactly one row's first column."""
-        self._unbuffer_for_exactness()
+        if self._buffer:
+            return (await self._only_one_buffered("exactly one"))[0]
         return await self._worker.call(self._view.scalar_one)
 
     async def scalar_one_or_none(self) -> Optional[Any]:
         """At most one row's first column, or None."""
-        self._unbuffer_for_exactness()
+        if self._buffer:
+            return (await self._only_one_buffered("one or none"))[0]
         return await self._worker.call(self._view.scalar_one_or_none)
 
     async def scalar(self) -> Any:

@@ -17,7 +17,6 @@ from ._buffer import buffer_result
 from .session import _EXECUTE_OPTIONS
 from .session import AsyncSession as _AsyncSession
 
-
 # sqlmodel's own AsyncSession.execute() deprecation, word for word (its
 # module cannot be imported without greenlet).
 _EXECUTE_DEPRECATED = """
@@ -58,6 +57,7 @@ class AsyncSession(_AsyncSession):
         bind_arguments: Optional[Dict[str, Any]] = None,
         _parent_execute_state: Optional[Any] = None,
         _add_event: Optional[Any] = None,
+        **kw: Any,
     ) -> Result[Any]:
         """SQLAlchemy's ``execute()``, deprecated in favour of :meth:`exec` as in
         sqlmodel (``scalars()`` goes through it, and warns too, as there)."""

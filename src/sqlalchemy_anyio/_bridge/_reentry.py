@@ -29,6 +29,7 @@ from sqlalchemy import exc as sa_exc
 from ..exc import CallerCancelled
 from . import _impl
 
+_anyio_local: Optional[threading.local]
 try:  # where anyio looks for the token of its own worker threads
     from anyio._core._eventloop import threadlocals as _anyio_local
 except ImportError:  # pragma: no cover - a future anyio: only await_() works
@@ -204,7 +205,9 @@ class _Reentry:
         return _call_or_error().run(func, args)
 
     @classmethod
-    def run_sync_from_thread(cls, func: Callable[..., _T], args: tuple[Any, ...], token: object) -> _T:
+    def run_sync_from_thread(
+        cls, func: Callable[..., _T], args: tuple[Any, ...], token: object
+    ) -> _T:
         return _call_or_error().run_sync(func, args)
 
     @classmethod
@@ -244,7 +247,8 @@ def await_(awaitable: Awaitable[_T]) -> _T:
             "thread-safe API."
         )
     try:
-        return call.run(_await, (awaitable,))
+        result: _T = call.run(_await, (awaitable,))
+        return result
     except BaseException:
         _close(awaitable)
         raise

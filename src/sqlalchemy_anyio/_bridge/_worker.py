@@ -243,9 +243,7 @@ class Worker:
         """
         if on_cancel == ABANDON:
             self.broken = self.exclusive
-            self._channel.put(
-                _impl.Job(_reentry.Call(_cleanup_if_succeeded), (job, cleanup), None)
-            )
+            self._channel.put(_impl.Job(_reentry.Call(_cleanup_if_succeeded), (job, cleanup), None))
             return
         interrupt = None
         if on_cancel == INTERRUPT and self.exclusive and self.interrupter is not None:
