@@ -218,3 +218,133 @@ async def test_first_after_iteration_began(rows_engine: tuple[AsyncEngine, sa.Ta
         assert tuple(await result.__anext__()) == (1, "a")
         assert tuple(await result.first()) == (2, "b")  # type: ignore[arg-type]
         assert result.closed
+
+
+# -- unique(), columns(), scalars(), mappings()... after iteration has begun
+
+
+DUPLICATES = [("a", 1), ("b", 1), ("a", 1), ("c", 2), ("b", 1), ("c", 2), ("d", 2)]
+
+RESHAPES: dict[str, Callable[[Any], Any]] = {
+    "unique": lambda r: r.unique(),
+    "columns": lambda r: r.columns("grp"),
+    "columns_unique": lambda r: r.columns("grp").unique(),
+    "unique_columns": lambda r: r.unique().columns(1),
+    "scalars": lambda r: r.scalars(),
+    "scalars_key": lambda r: r.scalars("grp"),
+    "scalars_unique": lambda r: r.scalars(1).unique(),
+    "mappings": lambda r: r.mappings(),
+    "mappings_unique": lambda r: r.mappings().unique(),
+    "mappings_columns": lambda r: r.mappings().columns("name"),
+    "tuples": lambda r: r.tuples(),
+}
+
+
+@pytest.fixture
+async def dup_engine(sqlite_url: str) -> AsyncIterator[tuple[AsyncEngine, sa.Select[Any]]]:
+    table = sa.Table(
+        "parity_dups",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("name", sa.String(10)),
+        sa.Column("grp", sa.Integer),
+    )
+    eng = create_async_engine(sqlite_url)
+    async with eng.begin() as conn:
+        await conn.run_sync(table.metadata.create_all)
+        await conn.execute(
+            table.insert(), [{"id": i, "name": n, "grp": g} for i, (n, g) in enumerate(DUPLICATES)]
+        )
+    try:
+        yield eng, sa.select(table.c.name, table.c.grp).order_by(table.c.id)
+    finally:
+        await eng.dispose()
+
+
+@pytest.mark.filterwarnings("ignore:The Result.tuples:sqlalchemy.exc.SADeprecationWarning")
+@pytest.mark.parametrize("reshape", list(RESHAPES))
+@pytest.mark.parametrize("taken", [1, 3])
+@pytest.mark.parametrize("yield_per", [None, 2])
+async def test_reshape_after_iteration_began(
+    dup_engine: tuple[AsyncEngine, sa.Select[Any]],
+    reshape: str,
+    taken: int,
+    yield_per: Optional[int],
+) -> None:
+    """Rows read ahead by ``async for`` but not handed out are reshaped like the
+    rows the sync Result has not fetched yet."""
+    engine, stmt = dup_engine
+    op = RESHAPES[reshape]
+
+    with engine.sync_engine.connect() as sync_conn:
+        sync_result = sync_conn.execute(stmt)
+        if yield_per:
+            sync_result = sync_result.yield_per(yield_per)
+        head = [_plain(next(sync_result)) for _ in range(taken)]
+        expected = [_plain(x) for x in op(sync_result).all()]
+
+    async with engine.connect() as conn:
+        result = await conn.stream(stmt)
+        if yield_per:
+            result = result.yield_per(yield_per)
+        ours = [_plain(await result.__anext__()) for _ in range(taken)]
+        reshaped = op(result)
+        got = [_plain(await reshaped.__anext__())] if expected else []
+        got += [_plain(x) for x in await reshaped.all()]
+    assert ours == head
+    assert got == expected, (reshape, taken)
+
+
+async def test_freeze_after_iteration_began(
+    dup_engine: tuple[AsyncEngine, sa.Select[Any]],
+) -> None:
+    engine, stmt = dup_engine
+    async with engine.connect() as conn:
+        result = await conn.stream(stmt)
+        assert _plain(await result.__anext__()) == DUPLICATES[0]
+        frozen = await result.freeze()
+    assert [tuple(r) for r in frozen().all()] == DUPLICATES[1:]
+
+
+class Owner(Base):
+    __tablename__ = "parity_owner"
+    id: Mapped[int] = mapped_column(primary_key=True)
+
+
+class Pet(Base):
+    __tablename__ = "parity_pet"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int] = mapped_column(sa.ForeignKey("parity_owner.id"))
+
+
+@pytest.mark.parametrize("taken", [1, 2])
+@pytest.mark.parametrize("shape", ["scalars", "rows"])
+async def test_orm_unique_after_iteration_began(sqlite_url: str, taken: int, shape: str) -> None:
+    """Entities repeated by a join: unique() after the first rows, as the sync Result."""
+    engine = create_async_engine(sqlite_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+            await conn.execute(sa.insert(Owner), [{"id": 1}, {"id": 2}, {"id": 3}])
+            pets = [(1, 1), (2, 1), (3, 2), (4, 1), (5, 3), (6, 2), (7, 3)]
+            await conn.execute(sa.insert(Pet), [{"id": i, "owner_id": o} for i, o in pets])
+        stmt = sa.select(Owner).join(Pet, Pet.owner_id == Owner.id).order_by(Pet.id)
+
+        def shaped(result: Any) -> Any:
+            return result.scalars() if shape == "scalars" else result
+
+        def ids(items: Any) -> list[int]:
+            return [x.id if shape == "scalars" else x[0].id for x in items]
+
+        with Session(engine.sync_engine) as sync_session:
+            sync_result = shaped(sync_session.execute(stmt))
+            head = ids([next(sync_result) for _ in range(taken)])
+            expected = ids(sync_result.unique().all())
+
+        async with AsyncSession(engine) as session:
+            result = shaped(await session.stream(stmt))
+            ours = ids([await result.__anext__() for _ in range(taken)])
+            got = ids(await result.unique().all())
+        assert (ours, got) == (head, expected)
+    finally:
+        await engine.dispose()
