@@ -38,15 +38,13 @@ except ImportError:  # pragma: no cover - a future anyio: only await_() works
 _T = TypeVar("_T")
 
 
-class _State(threading.local):
-    call: Optional[Call] = None
+_state = threading.local()  # .call: the Call running on this thread
+_get_ident = threading.get_ident
+_get_running_loop = _impl._get_running_loop
 
-
-_state = _State()
-
-#: On the loop thread: the last token captured, keyed by the loop (asyncio)
-#: or the trio token, so most calls skip anyio's backend lookup.
-_tokens = threading.local()
+#: The last loop (asyncio) or trio token seen and its anyio token, so most
+#: calls skip anyio's backend lookup.  Any thread reads and replaces it whole.
+_last: tuple[Any, Optional[EventLoopToken]] = (None, None)
 
 #: Set in the loop-side task that serves a worker's from_thread call: the
 #: thread id of that worker, which is blocked until the task ends.
@@ -56,7 +54,8 @@ _serving: contextvars.ContextVar[Optional[int]] = contextvars.ContextVar(
 
 
 def _loop_token() -> Optional[EventLoopToken]:
-    loop: Any = _impl._get_running_loop()
+    global _last
+    loop: Any = _get_running_loop()
     if loop is None:
         try:
             import trio
@@ -64,15 +63,14 @@ def _loop_token() -> Optional[EventLoopToken]:
             loop = trio.lowlevel.current_trio_token()
         except (ImportError, RuntimeError):
             return None
-    cached = getattr(_tokens, "entry", None)
-    if cached is not None and cached[0] is loop:
-        token: EventLoopToken = cached[1]
-        return token
+    last = _last
+    if last[0] is loop:
+        return last[1]
     try:
-        token = current_token()
+        token: Optional[EventLoopToken] = current_token()
     except RuntimeError:  # not an event loop anyio knows
-        return None
-    _tokens.entry = (loop, token)
+        token = None
+    _last = (loop, token)
     return token
 
 
@@ -105,36 +103,36 @@ class Call:
         self.token = _loop_token()
         self.cancelled = False
         self.thread: Optional[int] = None
-        #: Cancel scopes of the loop-side tasks serving this call (loop thread only).
-        self._scopes: set[anyio.CancelScope] = set()
+        #: Cancel scopes of the loop-side tasks serving this call (loop thread
+        #: only); made by the first one.
+        self._scopes: Optional[set[anyio.CancelScope]] = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        state = _state
-        outer = state.call
-        state.call = self
-        self.thread = threading.get_ident()
-        local = _anyio_local
-        previous = getattr(local, "current_token", None) if local is not None else None
-        if local is not None:
-            local.current_token = _TOKEN
+        # Thread-local dicts directly: this runs for every job.
+        state = _state.__dict__
+        outer = state.get("call")
+        state["call"] = self
+        self.thread = _get_ident()
+        local = _anyio_local.__dict__ if _anyio_local is not None else {}
+        previous = local.get("current_token")
+        local["current_token"] = _TOKEN
         try:
             return self.fn(*args, **kwargs)
         except RuntimeError as error:
             _explain(error)
             raise
         finally:
-            state.call = outer
-            if local is not None:
-                if previous is None:
-                    del local.current_token
-                else:
-                    local.current_token = previous
+            state["call"] = outer
+            if previous is None:
+                del local["current_token"]
+            else:
+                local["current_token"] = previous
 
     def cancel(self) -> None:
         """The awaiting task was cancelled: cancel what the worker waits for on
         the loop and refuse anything it asks later.  Loop thread only."""
         self.cancelled = True
-        for scope in list(self._scopes):
+        for scope in list(self._scopes or ()):
             scope.cancel()
 
     def _check(self) -> None:
@@ -153,6 +151,8 @@ class Call:
         self._check()  # on the loop thread: ordered with cancel()
         _serving.set(self.thread)
         with anyio.CancelScope() as scope:
+            if self._scopes is None:
+                self._scopes = set()
             self._scopes.add(scope)
             try:
                 return await func(*args)
@@ -177,11 +177,12 @@ class Call:
 
 
 def current_call() -> Optional[Call]:
-    return _state.call
+    call: Optional[Call] = _state.__dict__.get("call")
+    return call
 
 
 def _call_or_error() -> Call:
-    call = _state.call
+    call = current_call()
     if call is None:
         raise anyio.NoEventLoopError(
             "This thread runs sqlalchemy_anyio jobs, but this code was not called on "
@@ -230,7 +231,7 @@ def await_(awaitable: Awaitable[_T]) -> _T:
     task waits.  The worker waits for the result.  If that task is cancelled,
     the awaitable is cancelled and :class:`CallerCancelled` raised here.
     """
-    call = _state.call
+    call = current_call()
     if call is None:
         _close(awaitable)
         if _on_event_loop():
@@ -261,7 +262,7 @@ def _close(awaitable: object) -> None:
 
 
 def _on_event_loop() -> bool:
-    if _impl._get_running_loop() is not None:
+    if _get_running_loop() is not None:
         return True
     try:
         import trio
