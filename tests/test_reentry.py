@@ -325,6 +325,48 @@ async def test_loop_only_apis_on_the_worker_say_what_to_do(sqlite_engine: AsyncE
     assert "await_" in text
 
 
+async def test_scheduling_on_the_loop_recipe(
+    sqlite_engine: AsyncEngine, anyio_backend: Any
+) -> None:
+    """The documented recipe for create_task()-style code in a listener: hand the
+    scheduling to the loop with anyio.from_thread.run_sync()."""
+    done = anyio.Event()
+
+    async def background() -> None:
+        await anyio.sleep(0)
+        done.set()
+
+    def schedule() -> None:
+        if anyio_backend[0] == "trio":
+            import trio
+
+            trio.lowlevel.spawn_system_task(background)
+        else:
+            asyncio.get_running_loop().create_task(background())
+
+    def after_commit(conn: sa.Connection) -> None:
+        anyio.from_thread.run_sync(schedule)
+
+    event.listen(sqlite_engine.sync_engine, "commit", after_commit)
+    try:
+        async with sqlite_engine.begin() as conn:
+            await conn.execute(ONE)
+        with anyio.fail_after(10):
+            await done.wait()
+    finally:
+        event.remove(sqlite_engine.sync_engine, "commit", after_commit)
+
+
+async def test_trio_only_apis_on_the_worker_say_what_to_do(sqlite_engine: AsyncEngine) -> None:
+    trio = pytest.importorskip("trio")
+
+    async with sqlite_engine.connect() as conn:
+        with pytest.raises(RuntimeError, match="must be called from async context") as info:
+            await conn.run_sync(lambda c: trio.lowlevel.current_task())
+    text = str(info.value) + "".join(getattr(info.value, "__notes__", ()))
+    assert "anyio.from_thread.run_sync" in text
+
+
 async def test_from_thread_in_run_sync_of_a_shared_worker(tmp_path: Any) -> None:
     """An in-memory SQLite engine shares one worker: re-entry works there too."""
     engine = create_async_engine("sqlite://")
