@@ -348,3 +348,42 @@ async def test_orm_unique_after_iteration_began(sqlite_url: str, taken: int, sha
         assert (ours, got) == (head, expected)
     finally:
         await engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "reshape", ["columns", "mappings", "mappings_columns", "scalars", "scalars_key", "unique"]
+)
+@pytest.mark.parametrize("taken", [1, 2])
+async def test_reshape_after_iteration_of_a_unique_result(
+    dup_engine: tuple[AsyncEngine, sa.Select[Any]], reshape: str, taken: int
+) -> None:
+    """unique() before ``async for``, another reshape after: the rows its filter
+    dropped while reading ahead cannot be brought back, so it is refused with a
+    clear error (the official result, which reads one row at a time, allows it);
+    with yield_per(1), nothing is read ahead and the sync semantics hold."""
+    engine, stmt = dup_engine
+    op = RESHAPES[reshape]
+
+    with engine.sync_engine.connect() as sync_conn:
+        sync_result = sync_conn.execute(stmt).unique()
+        head = [_plain(next(sync_result)) for _ in range(taken)]
+        expected = [_plain(x) for x in op(sync_result).all()]
+
+    async with engine.connect() as conn:
+        result = (await conn.stream(stmt)).unique()
+        assert [_plain(await result.__anext__()) for _ in range(taken)] == head
+        with pytest.raises(sa_exc.InvalidRequestError, match="before iterating"):
+            op(result)
+        assert [_plain(x) for x in await result.all()] == [
+            _plain(x) for x in sync_conn_rows(engine, stmt)[taken:]
+        ]
+
+        one_at_a_time = (await conn.stream(stmt)).unique().yield_per(1)
+        assert [_plain(await one_at_a_time.__anext__()) for _ in range(taken)] == head
+        got = [_plain(x) for x in await op(one_at_a_time).all()]
+    assert got == expected, (reshape, taken)
+
+
+def sync_conn_rows(engine: AsyncEngine, stmt: sa.Select[Any]) -> list[Any]:
+    with engine.sync_engine.connect() as sync_conn:
+        return list(sync_conn.execute(stmt).unique().all())

@@ -81,27 +81,6 @@ def _rebuilt(view: Any, items: Any) -> Any:
     return rebuilt
 
 
-def _forget_uniques(view: Any, items: Any) -> None:
-    """Take ``items`` (read ahead, never handed out) out of ``view``'s unique
-    filter: the sync filter records a row when it is fetched."""
-    uniques, strategy = view._unique_strategy
-    if _scalar_source(view):
-        forms: Sequence[Any] = list(items)
-    elif isinstance(view, ScalarResult) or isinstance(view, MappingResult):
-        forms = IteratorResult(
-            view._metadata._for_freeze(),
-            iter(
-                [(i,) for i in items]
-                if isinstance(view, ScalarResult)
-                else [tuple(m.values()) for m in items]
-            ),
-        ).fetchall()
-    else:
-        forms = list(items)
-    for form in forms:
-        uniques.discard(strategy(form) if strategy is not None else form)
-
-
 class AsyncCommon(Generic[_R]):
     """What all async result kinds share: the sync result, its worker, a row buffer."""
 
@@ -133,15 +112,23 @@ class AsyncCommon(Generic[_R]):
         self._pending = None
         self._ahead = rows
 
+    def _check_reshape(self) -> None:
+        if self._pending is None and self._ahead and self._view._unique_filter_state is not None:
+            # Rows its filter dropped while reading ahead cannot come back for
+            # a new shape or filter: refuse rather than differ.
+            raise exc.InvalidRequestError(
+                "Can't reshape (unique(), columns(), scalars(), mappings()) a unique() "
+                "async result once 'async for' has begun: its rows are read ahead in "
+                "batches and de-duplicated as they are read.  Apply the reshaping "
+                "before iterating, or iterate with yield_per(1)."
+            )
+
     def _reshape(self, apply: Any) -> Any:
         """Apply a reshape to the view and to the rows read ahead; the new view."""
+        self._check_reshape()
         view = self._view
         if self._pending is None and self._ahead:
-            if view._unique_filter_state is not None:
-                _forget_uniques(view, self._ahead)
             self._pending = _rebuilt(view, self._ahead)
-            if view._unique_filter_state is not None:
-                self._pending._unique_filter_state = view._unique_filter_state
             self._ahead = collections.deque()
         view = apply(view)
         if self._pending is not None:
@@ -341,6 +328,7 @@ class AsyncResult(_WithKeys, AsyncCommon[Row[Any]], Generic[_TP]):
 
     def scalars(self, index: _KeyIndexType = 0) -> AsyncScalarResult[Any]:
         """An :class:`AsyncScalarResult` of one column of each row."""
+        self._check_reshape()
         result: AsyncScalarResult[Any] = AsyncScalarResult(
             self._real_result, self._view, self._worker
         )
@@ -350,6 +338,7 @@ class AsyncResult(_WithKeys, AsyncCommon[Row[Any]], Generic[_TP]):
 
     def mappings(self) -> AsyncMappingResult:
         """An :class:`AsyncMappingResult` of dict-like rows."""
+        self._check_reshape()
         result = AsyncMappingResult(self._real_result, self._view, self._worker)
         self._hand_over(result)
         result._reshape(lambda view: view.mappings())
