@@ -419,10 +419,6 @@ class AsyncEngine(ProxyComparable[Engine], AsyncConnectable):
     def __repr__(self) -> str:
         return f"AsyncEngine({self.sync_engine.url!r})"
 
-    @property
-    def dispatch(self) -> NoReturn:
-        AsyncConnectable._no_async_engine_events()
-
 
 # --------------------------------------------------------------------------
 # AsyncConnection
@@ -750,10 +746,6 @@ class AsyncConnection(
     @property
     def default_isolation_level(self) -> Optional[IsolationLevel]:
         return self._proxied.default_isolation_level
-
-    @property
-    def dispatch(self) -> NoReturn:
-        AsyncConnectable._no_async_engine_events()
 
 
 AsyncEngine._connection_cls = AsyncConnection

@@ -33,6 +33,7 @@ from typing import (
     overload,
 )
 
+import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import util as sa_util
 from sqlalchemy.engine import Connection, Engine, Result, ScalarResult
@@ -46,6 +47,13 @@ from ._bridge import Worker
 from ._buffer import buffer_result
 from .engine import AsyncConnection, AsyncEngine, lease_worker, spare_workers
 from .result import AsyncResult, AsyncScalarResult
+
+#: ``get()``'s default as in the official extension: None from SQLAlchemy 2.1
+#: (an explicit value overrides the ``populate_existing`` execution option),
+#: False before.
+POPULATE_EXISTING_DEFAULT: Optional[bool] = (
+    None if tuple(int(p) for p in sa.__version__.split(".")[:2]) >= (2, 1) else False
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Row, RowMapping
@@ -440,7 +448,7 @@ class AsyncSession(ReversibleProxy[Session]):
         ident: _PKIdentityArgument,
         *,
         options: Optional[Sequence[ORMOption]] = None,
-        populate_existing: bool = False,
+        populate_existing: Optional[bool] = POPULATE_EXISTING_DEFAULT,
         with_for_update: ForUpdateParameter = None,
         identity_token: Optional[Any] = None,
         execution_options: OrmExecuteOptionsParameter = sa_util.EMPTY_DICT,
@@ -463,7 +471,7 @@ class AsyncSession(ReversibleProxy[Session]):
         ident: _PKIdentityArgument,
         *,
         options: Optional[Sequence[ORMOption]] = None,
-        populate_existing: bool = False,
+        populate_existing: Optional[bool] = POPULATE_EXISTING_DEFAULT,
         with_for_update: ForUpdateParameter = None,
         identity_token: Optional[Any] = None,
         execution_options: OrmExecuteOptionsParameter = sa_util.EMPTY_DICT,
