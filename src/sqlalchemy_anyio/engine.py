@@ -32,7 +32,7 @@ from sqlalchemy.engine import create_engine as _create_engine
 from sqlalchemy.engine import create_pool_from_url as _create_pool_from_url
 from sqlalchemy.engine.url import URL
 
-from . import _cancel, _guard
+from . import _cancel, _chunk, _guard
 from . import exc as async_exc
 from ._base import (
     ProxyComparable,
@@ -291,6 +291,7 @@ class AsyncEngine(ProxyComparable[Engine], AsyncConnectable):
     def __init__(self, sync_engine: Engine) -> None:
         self.sync_engine = self._assign_proxied(sync_engine)
         _guard.install_engine(sync_engine)
+        _chunk.install_engine(sync_engine)
         _cancel.install_engine(_root_engine(sync_engine))
 
     @property

@@ -32,6 +32,8 @@ from sqlalchemy.engine import (
 )
 from sqlalchemy.util.typing import Self
 
+from ._chunk import drain
+
 if TYPE_CHECKING:
     from sqlalchemy.engine.result import RMKeyView, _KeyIndexType, _UniqueFilterType
 
@@ -161,10 +163,11 @@ class AsyncCommon(Generic[_R]):
         other._ahead, other._pending = self._ahead, self._pending
         self._ahead, self._pending = collections.deque(), None
 
-    async def _drain_then(self, method: Any, *args: Any) -> list[_R]:
+    async def _drain_then(self, method: Any) -> list[_R]:
+        """Buffered rows, then ``method`` (all / fetchall) of the rest, in chunks on the worker."""
         rows = list(self._buffer)
         self._buffer.clear()
-        return rows + list(await self._worker.call(method, *args))
+        return rows + await self._worker.call(drain, self._view, method)
 
     async def partitions(self, size: Optional[int] = None) -> AsyncIterator[Sequence[_R]]:
         """Iterate over sub-lists of rows of the size given (one hop each)."""

@@ -40,7 +40,7 @@ from sqlalchemy.engine import Connection, Engine, Result, ScalarResult
 from sqlalchemy.orm import Session, SessionTransaction, object_session
 from sqlalchemy.orm import state as _instance_state
 
-from . import _cancel, _guard
+from . import _cancel, _chunk, _guard
 from . import exc as async_exc
 from ._base import ReversibleProxy, StartableContext
 from ._bridge import Worker
@@ -804,14 +804,15 @@ def _execute_buffered(
     bind_arguments: Any,
     kw: Dict[str, Any],
 ) -> Result[Any]:
-    """Session.execute and fetch everything, on the worker."""
-    result = sync_session.execute(
-        statement,
-        params=params,
-        execution_options=execution_options,
-        bind_arguments=bind_arguments,
-        **kw,
-    )
+    """Session.execute and fetch everything, on the worker (in chunks: see ``_chunk``)."""
+    with _chunk.prefetching():
+        result = sync_session.execute(
+            statement,
+            params=params,
+            execution_options=execution_options,
+            bind_arguments=bind_arguments,
+            **kw,
+        )
     return buffer_result(result, "AsyncSession")
 
 
