@@ -144,7 +144,6 @@ async def soak(spec: Dict[str, Any], mod: Any, rec: Dict[str, Any]) -> None:
     import anyio
 
     kind, seconds = spec["kind"], spec["seconds"]
-    rnd = random.Random(spec["seed"])
     admin = sa.create_engine(spec["admin_url"], poolclass=sa.pool.NullPool)
     db = sa.make_url(spec["url"]).database
     rec["server_conns_start"] = len(server_connections(admin, kind, db))
@@ -158,6 +157,7 @@ async def soak(spec: Dict[str, Any], mod: Any, rec: Dict[str, Any]) -> None:
     committed: List[str] = []
     uncertain: List[str] = []
     errors: Counter[str] = Counter()
+    examples: Dict[str, str] = {}
     stats = Counter()  # type: Counter[str]
     lat = {"ewma": 0.02, "max_overrun": 0.0, "max_call": 0.0}
     end = now() + seconds
@@ -204,8 +204,9 @@ async def soak(spec: Dict[str, Any], mod: Any, rec: Dict[str, Any]) -> None:
                     if deadline is not None:
                         over = now() - t0 - deadline
                         lat["max_overrun"] = max(lat["max_overrun"], over)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - counted by kind
                 errors[_kind(exc)] += 1
+                examples.setdefault(_kind(exc), str(getattr(exc, "orig", exc))[:200])
                 stats["errors"] += 1
                 outcome = "uncertain" if at[0] == "commit" else "rolled back"
                 await anyio.sleep(trnd.uniform(0.01, 0.1))  # a dead server: don't spin
@@ -279,6 +280,7 @@ async def soak(spec: Dict[str, Any], mod: Any, rec: Dict[str, Any]) -> None:
     rec.update(
         stats=dict(stats),
         errors=dict(errors),
+        error_examples=examples,
         committed=committed,
         uncertain=uncertain,
         max_cancel_overrun_ms=lat["max_overrun"] * 1e3,
@@ -435,7 +437,8 @@ def run_child(spec: Dict[str, Any], kind: str, admin_url: str) -> Dict[str, Any]
     chaos.finish()
     reader.join(5)
     err.seek(0)
-    stderr_tail = " | ".join(err.read().strip().splitlines()[-15:])
+    stderr_lines = err.read().strip().splitlines()
+    stderr_tail = " | ".join(stderr_lines[-15:])
     err.close()
     try:
         with open(out) as f:
@@ -447,8 +450,9 @@ def run_child(spec: Dict[str, Any], kind: str, admin_url: str) -> Dict[str, Any]
         rec["error"] = f"HANG: child killed after {timeout:.0f} s: {stderr_tail}"[:2000]
     elif code != 0 or not text:
         rec["error"] = f"child exited {code}: {stderr_tail}"[:2000]
-    elif stderr_tail:
-        rec["stderr_tail"] = stderr_tail[-600:]
+    if stderr_lines:
+        rec["stderr_lines"] = len(stderr_lines)
+        rec["stderr"] = stderr_lines[:60]
     rec["chaos"] = {
         "kills": chaos.kills,
         "kill_failures": dict(chaos.kill_failures),
@@ -606,9 +610,10 @@ def render(result: Dict[str, Any]) -> str:
             f"{rec.get('max_cancel_overrun_ms', 0):.0f} ms; drain after the end "
             f"{rec.get('drain_s', 0):.1f} s; query after the chaos: {rec.get('health')}"
         )
-        if rec.get("stderr_tail"):
-            notes.append(f"  - stderr: {rec['stderr_tail'][:300]}")
-    return "\n".join(lines + [""] + notes)
+        if rec.get("stderr_lines"):
+            first = next((x for x in rec["stderr"] if x.strip()), "")
+            notes.append(f"  - stderr: {rec['stderr_lines']} lines, the first: {first[:200]}")
+    return "\n".join([*lines, "", *notes])
 
 
 # ---------------------------------------------------------------------------
