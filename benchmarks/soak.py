@@ -145,7 +145,7 @@ async def soak(spec: Dict[str, Any], mod: Any, rec: Dict[str, Any]) -> None:
 
     kind, seconds = spec["kind"], spec["seconds"]
     admin = sa.create_engine(spec["admin_url"], poolclass=sa.pool.NullPool)
-    db = sa.make_url(spec["url"]).database
+    db = sa.make_url(spec["url"]).database or ""
     rec["server_conns_start"] = len(server_connections(admin, kind, db))
     baseline = {t.ident: t.name for t in threading.enumerate()}
     rec["threads_start"] = len(baseline)
@@ -256,12 +256,12 @@ async def soak(spec: Dict[str, Any], mod: Any, rec: Dict[str, Any]) -> None:
     rec["pool_status"] = pool.status()
     await engine.dispose()
 
-    extra: Dict[int, str] = {}
+    extra: Dict[Optional[int], str] = {}
     for _ in range(150):  # retiring workers end after their last call
         extra = {
             t.ident: t.name
             for t in threading.enumerate()
-            if t.ident not in baseline and t.is_alive()  # type: ignore[comparison-overlap]
+            if t.ident not in baseline and t.is_alive()
         }
         if not extra:
             break
@@ -303,6 +303,7 @@ def child_main(spec: Dict[str, Any]) -> None:
     try:
         import anyio
 
+        mod: Any
         if spec["impl"] == "official":
             import sqlalchemy.ext.asyncio as mod
         else:
@@ -472,7 +473,7 @@ def setup_database(sync_url: str, accounts: int) -> None:
             Base.metadata.drop_all(conn)
             Base.metadata.create_all(conn)
             conn.execute(
-                Account.__table__.insert(),
+                sa.insert(Account),
                 [{"id": i, "balance": INITIAL} for i in range(1, accounts + 1)],
             )
     finally:
