@@ -5,10 +5,15 @@
 #
 #   sh scripts/bench.sh [--quick] [--servers | --pg-url URL --mysql-url URL] [...]
 #   sh scripts/bench.sh --web [--servers] [...]   web-shaped load (benchmarks/web.py)
+#   sh scripts/bench.sh --soak [--minutes N | --seconds N] [--restart] [--servers ...]
 #
 # PYTHON (default python3) picks the interpreter, VENV (default .venv-bench)
 # the environment.  Results: a table on stdout, benchmarks/results/latest.json
 # and benchmarks/chart.png.  `sh scripts/bench.sh --help` lists the options.
+# --soak runs the chaos soak instead (benchmarks/soak.py: transfers under
+# random cancellation, killed backends and, with --restart, a PostgreSQL
+# restart; exits 1 if sqlalchemy_anyio breaks the ledger invariant or leaks
+# a connection or a thread); `sh scripts/bench.sh --soak --help` lists its options.
 set -eu
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -22,5 +27,6 @@ PY="$VENV/bin/python"
 "$PY" -m pip install -q --disable-pip-version-check -e .
 case "${1:-}" in
     --web) shift; exec "$PY" benchmarks/web.py "$@" ;;
+    --soak) shift; exec "$PY" benchmarks/soak.py "$@" ;;
     *) exec "$PY" benchmarks/run.py "$@" ;;
 esac

@@ -101,6 +101,45 @@ async def test_closing_behind_a_stuck_statement_is_bounded(sqlite_url: str, how:
         await engine.dispose()
 
 
+@pytest.mark.parametrize("how", ["session", "maker_begin", "transaction"])
+async def test_way_out_behind_a_written_off_call_takes_one_bound(sqlite_url: str, how: str) -> None:
+    """The rollback or close queued behind a written-off call is not waited
+    for a second bound: control comes back one ``cancel_timeout`` after the
+    cancellation, not two."""
+    bound = 2.5
+    release = threading.Event()
+    engine = create_async_engine(sqlite_url, cancel_timeout=bound, pool_size=2, max_overflow=0)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def add_block(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.create_function("block", 0, lambda: release.wait(30) and 1)
+
+    maker = async_sessionmaker(engine)
+    block = sa.text("SELECT block()")
+    try:
+
+        async def body() -> None:
+            if how == "session":
+                async with maker() as session:
+                    await session.execute(block)
+            elif how == "maker_begin":
+                async with maker.begin() as session:
+                    await session.execute(block)
+            else:
+                async with engine.connect() as conn, conn.begin():
+                    await conn.execute(block)
+
+        elapsed = await _bounded(body)
+        # 0.3 + one bound; two bounds would be 5.3 s
+        assert elapsed < 0.3 + bound + 1.4, elapsed
+        async with maker() as session:
+            assert await session.scalar(sa.select(sa.literal(4))) == 4
+        assert engine.pool.checkedout() == 0
+    finally:
+        release.set()
+        await engine.dispose()
+
+
 async def test_cancel_timeout_is_checked(sqlite_url: str) -> None:
     for bad in (0, -1, "soon"):
         with pytest.raises(sa.exc.ArgumentError, match="cancel_timeout"):

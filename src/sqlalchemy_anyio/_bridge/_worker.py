@@ -239,8 +239,13 @@ class Worker:
         FINISH: the call is awaited.  Whatever is awaited shares one bound;
         past it the connection is invalidated (after the call, on this
         worker) and the worker retired.  A shared worker is never retired:
-        its one connection has no other thread to go to.
+        its one connection has no other thread to go to.  A call queued on
+        a worker already written off is not waited for: it runs after the
+        call that is stuck, on the invalidated connection, and waiting a
+        second bound for it would only delay the caller.
         """
+        if self.broken and self.exclusive and on_cancel != ABANDON:
+            return
         if on_cancel == ABANDON:
             self.broken = self.exclusive
             self._channel.put(_impl.Job(_reentry.Call(_cleanup_if_succeeded), (job, cleanup), None))
