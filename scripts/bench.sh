@@ -4,6 +4,7 @@
 # sqlalchemy_anyio with its C and Python bridges).
 #
 #   sh scripts/bench.sh [--quick] [--servers | --pg-url URL --mysql-url URL] [...]
+#   sh scripts/bench.sh --http [--quick] [...]   # FastAPI app under wrk (README)
 #
 # PYTHON (default python3) picks the interpreter, VENV (default .venv-bench)
 # the environment.  Results: a table on stdout, benchmarks/results/latest.json
@@ -19,4 +20,11 @@ PY="$VENV/bin/python"
 "$PY" -m pip install -q --disable-pip-version-check --upgrade pip
 "$PY" -m pip install -q --disable-pip-version-check -r requirements/bench.txt
 "$PY" -m pip install -q --disable-pip-version-check -e .
+for arg in "$@"; do
+    if [ "$arg" = "--http" ] && ! command -v wrk >/dev/null 2>&1; then
+        echo "installing wrk (the HTTP benchmark's load generator)"
+        if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+        $SUDO apt-get update -q && $SUDO apt-get install -y -q wrk
+    fi
+done
 exec "$PY" benchmarks/run.py "$@"
