@@ -9,8 +9,8 @@ one worker, and loaded by ``wrk`` over keep-alive connections:
 * ``uvicorn-uvloop``: uvicorn ``--loop uvloop --http httptools``;
 * ``hypercorn-trio``: hypercorn ``-k trio`` (sqlalchemy_anyio only: the
   official extension does not run on trio);
-* ``hypercorn-asyncio`` (not run unless asked for): hypercorn ``-k asyncio``,
-  both systems, to separate the server's share from the loop's in the trio row.
+* ``hypercorn-asyncio``: hypercorn ``-k asyncio``, both systems: the same
+  server as the trio row on asyncio, to tell the server's share from the loop's.
 
 For every (round, database, server, system) a fresh server process serves every
 endpoint in turn: a warm-up ``wrk`` run, then the measured one; the app's
@@ -23,6 +23,7 @@ the rounds (each figure on its own) and the req/s spread.
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime
 import json
 import os
@@ -47,7 +48,7 @@ DEFAULT_MYSQL_URL = "mysql://root@127.0.0.1:3306/test"
 DB_TITLES = {"postgresql": "PostgreSQL", "mysql": "MariaDB"}
 SYSTEMS = ["official", "anyio"]
 STACKS = ["uvicorn-asyncio", "uvicorn-uvloop", "hypercorn-trio", "hypercorn-asyncio"]
-DEFAULT_STACKS = ["uvicorn-asyncio", "uvicorn-uvloop", "hypercorn-trio"]
+DEFAULT_STACKS = STACKS
 ENDPOINTS = ["db", "updates", "author"]
 # the official extension's configuration a row is compared with
 BASELINE = {
@@ -254,7 +255,12 @@ def measure_server(
     info["tracebacks_logged"] = log.count("Traceback (most recent call last)")
     if info["tracebacks_logged"]:
         info["log_tail"] = log.strip().splitlines()[-30:]
+        info["exceptions"] = dict(collections.Counter(_EXC_LINE.findall(log)).most_common(5))
     return results, info
+
+
+# the closing line of a traceback: "package.module.SomeError: message"
+_EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)\b.{0,150})", re.M)
 
 
 # ---------------------------------------------------------------------------
@@ -481,6 +487,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     for endpoint, rec in results.items():
                         if "error" in rec:
                             print(f"    {endpoint}: {rec['error']}", flush=True)
+                    for line, n in info.get("exceptions", {}).items():
+                        print(f"    {n} x {line}", flush=True)
     finally:
         for base in bases.values():
             try:
@@ -499,9 +507,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                         summary.setdefault(kind, {}).setdefault(endpoint, {}).setdefault(stack, {})[
                             system
                         ] = summarize(got)
-    tracebacks = sum(s.get("tracebacks_logged", 0) for s in servers)
-    if tracebacks:
-        notes.append(f"{tracebacks} tracebacks in the server logs (see the JSON)")
+    for s in servers:
+        if s.get("tracebacks_logged"):
+            top = "; ".join(f"{n} x {line[:120]}" for line, n in s.get("exceptions", {}).items())
+            notes.append(
+                f"round {s['round'] + 1} {s['db']} {s['stack']} {s['system']}: "
+                f"{s['tracebacks_logged']} tracebacks in the server log ({top or 'see the JSON'})"
+            )
     doc = {
         "meta": {
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
