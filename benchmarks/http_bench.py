@@ -47,7 +47,7 @@ DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 DEFAULT_MYSQL_URL = "mysql://root@127.0.0.1:3306/test"
 DB_TITLES = {"postgresql": "PostgreSQL", "mysql": "MariaDB"}
 SYSTEMS = ["official", "anyio"]
-STACKS = ["uvicorn-asyncio", "uvicorn-uvloop", "hypercorn-trio", "hypercorn-asyncio"]
+STACKS = ["uvicorn-asyncio", "uvicorn-uvloop", "hypercorn-asyncio", "hypercorn-trio"]
 DEFAULT_STACKS = STACKS
 ENDPOINTS = ["db", "updates", "author"]
 # the official extension's configuration a row is compared with
@@ -310,8 +310,9 @@ def render(doc: Dict[str, Any]) -> str:
         f"{meta['config']['rounds']} round(s); one server process per (round, database, server, "
         "system); figures are medians over the rounds, req/s with its min-max.",
         "x official: req/s / the official extension's req/s on the same server and loop "
-        "(hypercorn/trio: vs uvicorn/asyncio). new conns: DBAPI connections opened during the "
-        "measured window. CPU: the server process's CPU ms per request.",
+        "(hypercorn/trio: vs uvicorn/asyncio, and in brackets vs hypercorn/asyncio). "
+        "new conns: DBAPI connections opened during the measured window. "
+        "CPU: the server process's CPU ms per request.",
         "",
         "| database | endpoint | server/loop | system | req/s | min-max | x official "
         "| p50 ms | p99 ms | new conns | CPU ms/req | errors |",
@@ -327,10 +328,9 @@ def render(doc: Dict[str, Any]) -> str:
                     if "rps" not in s:
                         lines.append(f"{head}| {label} | failed: {s['error'][:150]} |" + " |" * 7)
                         continue
-                    base = by_stack.get(BASELINE[stack], {}).get("official", {}).get("rps")
-                    ratio = f"{s['rps'] / base:.2f}" if base and system == "anyio" else "-"
-                    if system == "official":
-                        ratio = "1.00"
+                    ratio = _ratio(s, by_stack, BASELINE[stack]) if system == "anyio" else "1.00"
+                    if stack == "hypercorn-trio" and "hypercorn-asyncio" in by_stack:
+                        ratio += f" ({_ratio(s, by_stack, 'hypercorn-asyncio')} vs hypercorn)"
                     lines.append(
                         f"{head}| {label} | {s['rps']:.0f} | {s['rps_min']:.0f}-{s['rps_max']:.0f} "
                         f"| {ratio} | {_f(s['p50_ms'], '{:.1f}')} | {_f(s['p99_ms'], '{:.1f}')} "
@@ -340,6 +340,11 @@ def render(doc: Dict[str, Any]) -> str:
     for note in meta.get("notes", []):
         lines.append(f"\nnote: {note}")
     return "\n".join(lines)
+
+
+def _ratio(s: Dict[str, Any], by_stack: Dict[str, Any], stack: str) -> str:
+    base = by_stack.get(stack, {}).get("official", {}).get("rps")
+    return f"{s['rps'] / base:.2f}" if base else "-"
 
 
 def endpoint_label(endpoint: str, meta: Dict[str, Any]) -> str:
