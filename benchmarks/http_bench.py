@@ -267,27 +267,49 @@ _EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)\b.{
 # summary and table
 
 
+def _errors(run: Dict[str, Any]) -> int:
+    return int(run.get("non_2xx", 0) + run.get("socket_errors", 0))
+
+
 def summarize(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Medians over the rounds; rounds with errors are left out while a clean one exists."""
     ok = [r for r in runs if "rps" in r]
     if not ok:
         return {"error": next((r["error"] for r in runs if "error" in r), "no run")}
+    used = [r for r in ok if _errors(r) == 0] or ok
 
     def med(key: str) -> Optional[float]:
-        vals = [r[key] for r in ok if r.get(key) is not None]
+        vals = [r[key] for r in used if r.get(key) is not None]
         return statistics.median(vals) if vals else None
 
     return {
         "rps": med("rps"),
-        "rps_min": min(r["rps"] for r in ok),
-        "rps_max": max(r["rps"] for r in ok),
+        "rps_min": min(r["rps"] for r in used),
+        "rps_max": max(r["rps"] for r in used),
         "p50_ms": med("p50_ms"),
         "p99_ms": med("p99_ms"),
         "new_connections": med("new_connections"),
         "cpu_ms_per_req": med("cpu_ms_per_req"),
-        "errors": sum(r.get("non_2xx", 0) + r.get("socket_errors", 0) for r in ok),
-        "rounds": len(ok),
+        "errors": sum(_errors(r) for r in ok),
+        "rounds": len(used),
+        "left_out_rounds": len(ok) - len(used),
         "failed_rounds": len(runs) - len(ok),
     }
+
+
+def build_summary(runs: Dict[str, Any], config: Dict[str, Any]) -> Dict[str, Any]:
+    """Ordered for the table: database, endpoint, server as asked, official first."""
+    summary: Dict[str, Any] = {}
+    for kind in runs:
+        for endpoint in config["endpoints"]:
+            for stack in config["stacks"]:
+                for system in SYSTEMS:
+                    got = runs.get(kind, {}).get(endpoint, {}).get(stack, {}).get(system)
+                    if got is not None:
+                        summary.setdefault(kind, {}).setdefault(endpoint, {}).setdefault(stack, {})[
+                            system
+                        ] = summarize(got)
+    return summary
 
 
 def _f(v: Optional[float], fmt: str) -> str:
@@ -312,7 +334,9 @@ def render(doc: Dict[str, Any]) -> str:
         "x official: req/s / the official extension's req/s on the same server and loop "
         "(hypercorn/trio: vs uvicorn/asyncio, and in brackets vs hypercorn/asyncio). "
         "new conns: DBAPI connections opened during the measured window. "
-        "CPU: the server process's CPU ms per request.",
+        "CPU: the server process's CPU ms per request. errors: wrk's non-2xx responses and "
+        "socket errors over all rounds; rounds with errors are left out of the medians "
+        "while a clean round exists.",
         "",
         "| database | endpoint | server/loop | system | req/s | min-max | x official "
         "| p50 ms | p99 ms | new conns | CPU ms/req | errors |",
@@ -335,11 +359,16 @@ def render(doc: Dict[str, Any]) -> str:
                         f"{head}| {label} | {s['rps']:.0f} | {s['rps_min']:.0f}-{s['rps_max']:.0f} "
                         f"| {ratio} | {_f(s['p50_ms'], '{:.1f}')} | {_f(s['p99_ms'], '{:.1f}')} "
                         f"| {_f(s['new_connections'], '{:g}')} "
-                        f"| {_f(s['cpu_ms_per_req'], '{:.2f}')} | {s['errors']} |"
+                        f"| {_f(s['cpu_ms_per_req'], '{:.2f}')} | {_errors_cell(s)} |"
                     )
     for note in meta.get("notes", []):
         lines.append(f"\nnote: {note}")
     return "\n".join(lines)
+
+
+def _errors_cell(s: Dict[str, Any]) -> str:
+    left_out = s.get("left_out_rounds", 0)
+    return f"{s['errors']} ({left_out} round(s) left out)" if left_out else str(s["errors"])
 
 
 def _ratio(s: Dict[str, Any], by_stack: Dict[str, Any], stack: str) -> str:
@@ -411,6 +440,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=64, help="wrk connections")
     p.add_argument("--threads", type=int, default=1, help="wrk threads")
     p.add_argument("--json", default=os.path.join(HERE, "results", "http.json"))
+    p.add_argument("--render", metavar="JSON", help="print the table of a saved run and exit")
     args = p.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.warmup = args.warmup or (1 if args.quick else 2)
@@ -435,6 +465,12 @@ def plan(stacks: List[str], systems: List[str]) -> List[Tuple[str, str]]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        with open(args.render) as f:
+            doc = json.load(f)
+        doc["summary"] = build_summary(doc["runs"], doc["meta"]["config"])
+        print(render(doc))
+        return 0
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk (scripts/bench.sh --http does it)")
     sys.path.insert(0, HERE)
@@ -501,17 +537,6 @@ def main(argv: Optional[List[str]] = None) -> int:
             except Exception as exc:  # noqa: BLE001 - cleanup only
                 print(f"(dropping the tables failed: {exc})", flush=True)
 
-    # ordered for the table: database, endpoint, server in the order asked, official first
-    summary: Dict[str, Any] = {}
-    for kind in bases:
-        for endpoint in args.endpoints:
-            for stack in args.stack_list:
-                for system in args.system_list:
-                    got = runs.get(kind, {}).get(endpoint, {}).get(stack, {}).get(system)
-                    if got is not None:
-                        summary.setdefault(kind, {}).setdefault(endpoint, {}).setdefault(stack, {})[
-                            system
-                        ] = summarize(got)
     for s in servers:
         if s.get("tracebacks_logged"):
             top = "; ".join(f"{n} x {line[:120]}" for line, n in s.get("exceptions", {}).items())
@@ -542,10 +567,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             "wall_seconds": time.time() - started,
             "notes": notes,
         },
-        "summary": summary,
         "runs": runs,
         "servers": servers,
     }
+    doc["summary"] = build_summary(runs, doc["meta"]["config"])
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(doc, f, indent=1)
