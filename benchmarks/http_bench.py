@@ -290,6 +290,7 @@ def summarize(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
         "p99_ms": med("p99_ms"),
         "new_connections": med("new_connections"),
         "cpu_ms_per_req": med("cpu_ms_per_req"),
+        "cpu_share": med("cpu_share"),
         "errors": sum(_errors(r) for r in ok),
         "rounds": len(used),
         "left_out_rounds": len(ok) - len(used),
@@ -334,13 +335,14 @@ def render(doc: Dict[str, Any]) -> str:
         "x official: req/s / the official extension's req/s on the same server and loop "
         "(hypercorn/trio: vs uvicorn/asyncio, and in brackets vs hypercorn/asyncio). "
         "new conns: DBAPI connections opened during the measured window. "
-        "CPU: the server process's CPU ms per request. errors: wrk's non-2xx responses and "
-        "socket errors over all rounds; rounds with errors are left out of the medians "
-        "while a clean round exists.",
+        "CPU ms/req: the server process's CPU time per request (all threads); server CPU: "
+        "its CPU time / wall time in the window (100% = one core). errors: wrk's non-2xx "
+        "responses and socket errors over all rounds; rounds with errors are left out of "
+        "the medians while a clean round exists.",
         "",
         "| database | endpoint | server/loop | system | req/s | min-max | x official "
-        "| p50 ms | p99 ms | new conns | CPU ms/req | errors |",
-        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| p50 ms | p99 ms | new conns | CPU ms/req | server CPU | errors |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for kind, by_ep in summary.items():
         for endpoint, by_stack in by_ep.items():
@@ -350,7 +352,7 @@ def render(doc: Dict[str, Any]) -> str:
                     label = "sqlalchemy_anyio" if system == "anyio" else "official"
                     head = f"| {DB_TITLES[kind]} | {endpoint_label(endpoint, meta)} | {server} "
                     if "rps" not in s:
-                        lines.append(f"{head}| {label} | failed: {s['error'][:150]} |" + " |" * 7)
+                        lines.append(f"{head}| {label} | failed: {s['error'][:150]} |" + " |" * 8)
                         continue
                     ratio = _ratio(s, by_stack, BASELINE[stack]) if system == "anyio" else "1.00"
                     if stack == "hypercorn-trio" and "hypercorn-asyncio" in by_stack:
@@ -359,7 +361,9 @@ def render(doc: Dict[str, Any]) -> str:
                         f"{head}| {label} | {s['rps']:.0f} | {s['rps_min']:.0f}-{s['rps_max']:.0f} "
                         f"| {ratio} | {_f(s['p50_ms'], '{:.1f}')} | {_f(s['p99_ms'], '{:.1f}')} "
                         f"| {_f(s['new_connections'], '{:g}')} "
-                        f"| {_f(s['cpu_ms_per_req'], '{:.2f}')} | {_errors_cell(s)} |"
+                        f"| {_f(s['cpu_ms_per_req'], '{:.2f}')} "
+                        f"| {_f(s.get('cpu_share'), '{:.0%}')} "
+                        f"| {_errors_cell(s)} |"
                     )
     for note in meta.get("notes", []):
         lines.append(f"\nnote: {note}")
