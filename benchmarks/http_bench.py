@@ -371,8 +371,12 @@ def render(doc: Dict[str, Any]) -> str:
 
 
 def _errors_cell(s: Dict[str, Any]) -> str:
-    left_out = s.get("left_out_rounds", 0)
-    return f"{s['errors']} ({left_out} round(s) left out)" if left_out else str(s["errors"])
+    extra = [
+        f"{n} round(s) {what}"
+        for n, what in ((s.get("left_out_rounds", 0), "left out"), (s["failed_rounds"], "failed"))
+        if n
+    ]
+    return f"{s['errors']} ({', '.join(extra)})" if extra else str(s["errors"])
 
 
 def _ratio(s: Dict[str, Any], by_stack: Dict[str, Any], stack: str) -> str:
