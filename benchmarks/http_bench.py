@@ -116,6 +116,18 @@ class Server:
         with urllib.request.urlopen(self.base + path, timeout=timeout) as resp:
             return json.loads(resp.read())
 
+    def check(self, endpoint: str, path: str, queries: int, tries: int = 3) -> None:
+        """The endpoint answers as it should; retried, since pooled connections can be stale
+        after a database restart (the pool replaces them once they fail)."""
+        for attempt in range(tries):
+            try:
+                check_response(endpoint, self.get(path), queries)
+                return
+            except OSError:
+                if attempt == tries - 1:
+                    raise
+                time.sleep(0.5)
+
     def wait_ready(self, timeout: float = 60.0) -> Dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
@@ -231,7 +243,7 @@ def measure_server(
         for endpoint in args.endpoints:
             path = endpoint_path(endpoint, args.queries)
             try:
-                check_response(endpoint, server.get(path), args.queries)
+                server.check(endpoint, path, args.queries)
                 wrk(server.base + path, args.warmup, args.connections, args.threads)
                 before, cpu0 = server.get("/stats"), server.cpu_seconds()
                 run = wrk(server.base + path, args.duration, args.connections, args.threads)
