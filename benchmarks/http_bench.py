@@ -253,6 +253,7 @@ def measure_server(
                 run["cpu_share"] = (cpu1 - cpu0) / run.get("seconds", args.duration)
                 run["pool_after"] = after["pool"]
                 run["threads_after"] = after["threads"]
+                run["load_average"] = os.getloadavg()[0]
                 results[endpoint] = run
             except Exception as exc:  # noqa: BLE001 - one failure must not sink the run
                 results[endpoint] = {"error": f"{type(exc).__name__}: {exc}"[:400]}
