@@ -43,7 +43,7 @@ from sqlalchemy.orm import state as _instance_state
 from . import _cancel, _chunk, _guard
 from . import exc as async_exc
 from ._base import ReversibleProxy, StartableContext
-from ._bridge import Worker
+from ._bridge import Worker, _impl
 from ._buffer import buffer_result
 from .engine import AsyncConnection, AsyncEngine, lease_worker, spare_workers
 from .result import AsyncResult, AsyncScalarResult
@@ -188,6 +188,9 @@ class AsyncSession(ReversibleProxy[Session]):
         if sync_session_class:
             self.sync_session_class = sync_session_class
         self._lease: Optional[_Lease] = None
+        #: A close queued on the last worker and not awaited (see _end): the
+        #: next lease waits for it, so the sync Session is never on two threads.
+        self._pending_end: Any = None
         self._finalizer: Optional[weakref.finalize[Any, Any]] = None
         guarded = _guard.guarded_session_class(self.sync_session_class)
         self.sync_session = self._proxied = self._assign_proxied(
@@ -221,6 +224,11 @@ class AsyncSession(ReversibleProxy[Session]):
 
     async def _acquire(self) -> _Lease:
         """Lease a worker: the bind engine's (with its connection), or a spare one."""
+        pending = self._pending_end
+        if pending is not None:
+            if not pending.done:
+                await _impl.wait(pending)
+            self._pending_end = None
         sync = self.sync_session
         bind = self._lease_bind()
         if isinstance(bind, Connection):
@@ -286,9 +294,12 @@ class AsyncSession(ReversibleProxy[Session]):
         When others wait for a connection, ``fn`` is queued on the worker and
         the worker handed on at once: the next lessee's calls run after it.
         """
+        pending = self._pending_end
+        if pending is not None and not pending.done:
+            await _impl.wait(pending)
         lease = self._lease
         if lease is not None and not on_worker and lease.owned and lease.worker.in_demand():
-            lease.worker.submit_quietly("closing an AsyncSession", fn)
+            self._pending_end = lease.worker.submit_quietly("closing an AsyncSession", fn)
             self._release()
             return
         try:

@@ -158,9 +158,10 @@ class Worker:
         pool = self.pool
         return pool is not None and not self.broken and pool.has_waiters()
 
-    def submit_quietly(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
-        """Queue ``fn(*args)``, nobody waiting for it: a failure is logged."""
-        self.submit(_logged, what, fn, args)
+    def submit_quietly(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Queue ``fn(*args)``, nobody waiting for it: a failure is logged.
+        Returns the job, for whoever must not overtake it."""
+        return self.submit(_logged, what, fn, args)
 
     async def call(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """Run ``fn(*args, **kwargs)`` on this worker and return its result.
