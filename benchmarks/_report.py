@@ -117,7 +117,8 @@ def _per_op_table(records: List[Dict[str, Any]], recs: List[Dict[str, Any]]) -> 
 def _lag_table(records: List[Dict[str, Any]], recs: List[Dict[str, Any]]) -> List[str]:
     head = (
         f"{'ORM 40k-object load':<19} | {'load ms':>10} {'x sync':>7} {'x off':>7} | "
-        f"{'max loop gap ms':>15} {'worst':>8} {'idle gap':>8}"
+        f"{'max stall ms':>12} {'% load':>6} {'worst':>8} | {'outside GC':>10} "
+        f"{'gen-2 GC ms':>11} {'n':>5} | {'idle gap':>8}"
     )
     out = [head, "-" * len(head)]
     for r in recs:
@@ -127,11 +128,17 @@ def _lag_table(records: List[Dict[str, Any]], recs: List[Dict[str, Any]]) -> Lis
         sync, official = _baselines(records, r)
         v = lag["load_ms"]
         gap = lag.get("max_gap_ms")
+        share = lag.get("gap_share")
+        counts = lag.get("gc2_counts")
         out.append(
             f"{_label(r):<19} | {_num(v):>10} {_ratio(v, _value(sync, 'lag')):>7} "
             f"{_ratio(v, _value(official, 'lag')):>7} | "
-            f"{_num(gap) if gap is not None else 'blocked':>15} "
-            f"{_num(lag.get('worst_gap_ms')):>8} {_num(lag.get('idle_max_gap_ms')):>8}"
+            f"{_num(gap) if gap is not None else 'blocked':>12} "
+            f"{_num(share * 100 if share is not None else None, '{:.1f}'):>6} "
+            f"{_num(lag.get('worst_gap_ms')):>8} | {_num(lag.get('gap_outside_gc_ms')):>10} "
+            f"{_num(lag.get('gc2_max_ms')):>11} "
+            f"{'/'.join(str(c) for c in counts) if counts else '-':>5} | "
+            f"{_num(lag.get('idle_max_gap_ms')):>8}"
         )
     return out
 

@@ -1,6 +1,7 @@
 """Side-by-side benchmark: sync SQLAlchemy, the official asyncio extension, sqlalchemy_anyio.
 
     python benchmarks/run.py [--quick] [--servers | --pg-url URL --mysql-url URL]
+    python benchmarks/run.py --http [--quick] ...   (the HTTP benchmark: http_bench.py)
 
 Everything is measured in one run on one machine:
 
@@ -203,6 +204,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help="run sync and anyio-C in subprocesses too (default: in this process)",
     )
     p.add_argument("--child-timeout", type=float, default=240.0)
+    p.add_argument(
+        "--http",
+        action="store_true",
+        help="run the end-to-end HTTP benchmark instead (benchmarks/http_bench.py); "
+        "--http --help lists its options",
+    )
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -227,6 +234,11 @@ def _reachable(url: str) -> Optional[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--http" in argv:
+        import http_bench
+
+        return http_bench.main([a for a in argv if a != "--http"])
     args = parse_args(argv)
     if args.child:
         child_main(args.child)

@@ -8,6 +8,7 @@ while they hold a connection; new connections stay within the pool's limit.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import anyio
@@ -201,4 +202,52 @@ async def test_dispose_while_checked_out_closes_on_return(db_url: str) -> None:
         async with engine.connect() as again:
             assert await again.scalar(ONE) == 1
     finally:
+        await engine.dispose()
+
+
+async def test_reused_session_waits_for_its_queued_close(db_url: str) -> None:
+    """A close handed to the worker without waiting (others wait for a
+    connection) must finish before the same session runs anything again,
+    even on another worker: the sync Session is never on two threads."""
+    engine = create_async_engine(db_url, pool_size=2, max_overflow=0)
+    maker = async_sessionmaker(engine)
+    marks: dict[str, float] = {}
+    c_release = anyio.Event()
+    session = maker()
+
+    @event.listens_for(session.sync_session, "after_transaction_end")
+    def slow_close(*args: Any) -> None:
+        if "closed" not in marks:
+            time.sleep(0.5)
+            marks["closed"] = time.monotonic()
+
+    @event.listens_for(session.sync_session, "do_orm_execute")
+    def record(state: Any) -> None:
+        if "closed" in marks or "queued" in marks:
+            marks.setdefault("reused", time.monotonic())
+
+    async def holder() -> None:
+        async with maker() as other:
+            await other.execute(sa.select(1))
+            await c_release.wait()
+
+    async def waiter() -> None:
+        async with maker() as other:
+            await other.execute(sa.select(1))
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(holder)
+            await session.execute(sa.select(1))
+            tg.start_soon(waiter)
+            with anyio.fail_after(10):
+                while not engine.sync_engine.pool.has_waiters():  # type: ignore[attr-defined]
+                    await anyio.sleep(0.01)
+            await session.close()
+            marks["queued"] = time.monotonic()
+            c_release.set()
+            assert await session.scalar(sa.select(sa.literal(7))) == 7
+        assert marks["reused"] >= marks["closed"], marks
+    finally:
+        await session.close()
         await engine.dispose()

@@ -1,10 +1,14 @@
 """The event loop stays responsive while the ORM loads many objects on the worker.
 
 The one timing assertion of the suite (a generous bound); run with -s to see
-the numbers.  The largest gaps measured (15-20% of the load) are stretches in
-which the worker holds the GIL with no switch point: SQLAlchemy's compiled
-row loops and cyclic-GC passes.  Plain sync SQLAlchemy fetching 40,000 rows
-blocks another thread for ~34 ms in one stretch on the test machine.
+the numbers.  Rows are fetched in chunks with a GIL hand-off between them
+(``_chunk``), and the ORM's object building is Python code that the
+interpreter's switch interval interrupts, so what remains of the largest gaps
+(about a fifth of the load on the test machine, on CPython 3.10-3.13) are
+gen-2 garbage collections: each scans every tracked object of the process,
+the objects just loaded included, in one pass that holds the GIL.  They are
+not split without changing the application's GC settings, which this
+library does not do; see the benchmarks' README for the figures.
 """
 
 from __future__ import annotations

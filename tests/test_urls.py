@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from sqlalchemy_anyio import (
     async_engine_from_config,
     create_async_engine,
     create_async_pool_from_url,
+    exc,
 )
 
 pytestmark = pytest.mark.anyio
@@ -39,8 +41,9 @@ async def test_aiosqlite_url_runs_on_pysqlite(
     tmp_path: Path, fresh_warnings: None, caplog: pytest.LogCaptureFixture
 ) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'aio.db'}"
-    engine = create_async_engine(url)
-    again = create_async_engine(url)
+    with pytest.warns(exc.DriverMappedWarning) as caught:
+        engine = create_async_engine(url)
+        again = create_async_engine(url)
     try:
         assert engine.driver == "pysqlite"
         assert engine.url.drivername == "sqlite+pysqlite"
@@ -56,12 +59,41 @@ async def test_aiosqlite_url_runs_on_pysqlite(
     messages = _mapping_records(caplog, "sqlite+aiosqlite")
     assert len(messages) == 1, messages  # one warning per mapping, not per engine
     assert "sqlite+pysqlite" in messages[0]
+    mapped = [w for w in caught if issubclass(w.category, exc.DriverMappedWarning)]
+    assert len(mapped) == 1, [str(w.message) for w in mapped]
+    assert "sqlite+pysqlite" in str(mapped[0].message)
+    assert mapped[0].filename == __file__  # points at the caller, not at the package
+
+
+def test_mapping_warns_with_logging_configured_away(fresh_warnings: None) -> None:
+    """Alembic's env.py calls logging.config.fileConfig(), which disables every
+    existing logger it does not name (ours); the warning still reaches the user."""
+    logging.getLogger("sqlalchemy_anyio").disabled = True
+    try:
+        with pytest.warns(exc.DriverMappedWarning, match="postgresql\\+asyncpg"):
+            engine = async_engine_from_config(
+                {"sqlalchemy.url": "postgresql+asyncpg://u@db.invalid/t"}
+            )
+        assert engine.url.drivername == "postgresql+psycopg"
+    finally:
+        logging.getLogger("sqlalchemy_anyio").disabled = False
+
+
+def test_mapping_warning_can_be_silenced(fresh_warnings: None) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", category=exc.DriverMappedWarning)
+        engine = create_async_engine("mysql+aiomysql://u@db.invalid/t")
+    assert engine.url.drivername == "mysql+pymysql"
+    assert issubclass(exc.DriverMappedWarning, UserWarning)
 
 
 def test_sync_url_logs_nothing(
     tmp_path: Path, fresh_warnings: None, caplog: pytest.LogCaptureFixture
 ) -> None:
-    engine = create_async_engine(f"sqlite:///{tmp_path / 'plain.db'}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        engine = create_async_engine(f"sqlite:///{tmp_path / 'plain.db'}")
     assert engine.driver == "pysqlite"
     assert [r for r in caplog.records if r.name == "sqlalchemy_anyio"] == []
 

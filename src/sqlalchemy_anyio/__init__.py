@@ -6,6 +6,7 @@ Replace ``from sqlalchemy.ext.asyncio import X`` with
 
 from __future__ import annotations
 
+from ._bridge._reentry import await_
 from .engine import (
     AsyncConnection,
     AsyncEngine,
@@ -19,6 +20,8 @@ from .exc import (
     AsyncContextAlreadyStarted,
     AsyncContextNotStarted,
     AsyncMethodRequired,
+    CallerCancelled,
+    DriverMappedWarning,
     WorkerThreadRequired,
 )
 from .result import AsyncMappingResult, AsyncResult, AsyncScalarResult, AsyncTupleResult
@@ -48,7 +51,10 @@ __all__ = [
     "AsyncSessionTransaction",
     "AsyncTransaction",
     "AsyncTupleResult",
+    "CallerCancelled",
+    "DriverMappedWarning",
     "WorkerThreadRequired",
+    "await_",
     "async_engine_from_config",
     "async_object_session",
     "async_scoped_session",

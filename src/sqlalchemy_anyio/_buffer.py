@@ -8,6 +8,7 @@ from sqlalchemy.engine import Result
 from sqlalchemy.engine.cursor import CursorFetchStrategy, FullyBufferedCursorFetchStrategy
 
 from . import exc as async_exc
+from ._chunk import fetch_cursor_rows, fetch_rows
 
 
 def buffer_result(result: Result[Any], owner: str, method: str = "execute") -> Result[Any]:
@@ -44,10 +45,11 @@ def buffer_cursor_result(result: Any) -> None:
         return
     strategy = result.cursor_strategy
     if not isinstance(strategy, FullyBufferedCursorFetchStrategy):
+        # In chunks, so the event loop thread gets the GIL between them.
         if type(strategy) is CursorFetchStrategy:
-            rows = cursor.fetchall()
+            rows = fetch_cursor_rows(result, cursor)
         else:  # a row-buffering strategy: drain through it
-            rows = list(strategy.fetchall(result, cursor))
+            rows = fetch_rows(lambda size: strategy.fetchmany(result, cursor, size))
         result.cursor_strategy = FullyBufferedCursorFetchStrategy(
             None,
             alternate_description=strategy.alternate_cursor_description,

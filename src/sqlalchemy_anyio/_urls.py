@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+import sys
 import threading
+import warnings
 from typing import Union
 
 from sqlalchemy import exc
 from sqlalchemy.engine import URL, make_url
+
+from .exc import DriverMappedWarning
 
 log = logging.getLogger("sqlalchemy_anyio")
 
@@ -50,6 +55,21 @@ _warned: set[tuple[str, str]] = set()
 _warned_lock = threading.Lock()
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first caller outside this package."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(
+        _PACKAGE_DIR + os.sep
+    ):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level
+
+
 def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
@@ -71,12 +91,13 @@ def to_sync_url(url: Union[str, URL]) -> URL:
                 first = key not in _warned
                 _warned.add(key)
             if first:
-                log.warning(
-                    "sqlalchemy_anyio runs synchronous drivers on worker threads: "
-                    "using %r in place of the async driver %r",
-                    new.drivername,
-                    u.drivername,
+                message = (
+                    f"sqlalchemy_anyio runs synchronous drivers on worker threads: "
+                    f"using {new.drivername!r} in place of the async driver "
+                    f"{u.drivername!r}"
                 )
+                log.warning("%s", message)
+                warnings.warn(message, DriverMappedWarning, stacklevel=_caller_level())
             return new
     needs = " or ".join(
         f"pip install {req!r} (then use {backend}+{d}://)" for d, _, req in candidates

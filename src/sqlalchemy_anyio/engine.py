@@ -33,7 +33,7 @@ from sqlalchemy.engine import create_engine as _create_engine
 from sqlalchemy.engine import create_pool_from_url as _create_pool_from_url
 from sqlalchemy.engine.url import URL
 
-from . import _cancel, _fork, _guard
+from . import _cancel, _chunk, _fork, _guard
 from . import exc as async_exc
 from ._base import (
     ProxyComparable,
@@ -298,6 +298,7 @@ class AsyncEngine(ProxyComparable[Engine], AsyncConnectable):
     def __init__(self, sync_engine: Engine) -> None:
         self.sync_engine = self._assign_proxied(sync_engine)
         _guard.install_engine(sync_engine)
+        _chunk.install_engine(sync_engine)
         _cancel.install_engine(_root_engine(sync_engine))
 
     @property
@@ -430,10 +431,6 @@ class AsyncEngine(ProxyComparable[Engine], AsyncConnectable):
 
     def __repr__(self) -> str:
         return f"AsyncEngine({self.sync_engine.url!r})"
-
-    @property
-    def dispatch(self) -> NoReturn:
-        AsyncConnectable._no_async_engine_events()
 
 
 # --------------------------------------------------------------------------
@@ -762,10 +759,6 @@ class AsyncConnection(
     @property
     def default_isolation_level(self) -> Optional[IsolationLevel]:
         return self._proxied.default_isolation_level
-
-    @property
-    def dispatch(self) -> NoReturn:
-        AsyncConnectable._no_async_engine_events()
 
 
 AsyncEngine._connection_cls = AsyncConnection

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import CancelledError as _FutureCancelled
+
 from sqlalchemy import exc
 
 
@@ -29,10 +31,33 @@ class WorkerThreadRequired(exc.MissingGreenlet):
     """
 
 
+class CallerCancelled(_FutureCancelled):
+    """The task awaiting this worker call was cancelled: the loop is off limits.
+
+    Raised on the worker by ``anyio.from_thread.*`` and ``await_()`` so the
+    code there unwinds; the awaiting task raises its own cancellation.  A
+    ``concurrent.futures.CancelledError``, as anyio raises in its own worker
+    threads when their host task is cancelled.
+    """
+
+
+class DriverMappedWarning(UserWarning):
+    """An async driver in a URL (``+asyncpg``, ``+aiosqlite``...) was replaced by
+    its synchronous counterpart, which is what runs on the worker threads.
+
+    A warning rather than only a log line so it shows up where logging is
+    configured away (Alembic's ``fileConfig``).  Silence it with
+    ``warnings.filterwarnings("ignore", category=DriverMappedWarning)``, or
+    write the synchronous driver in the URL.
+    """
+
+
 __all__ = [
     "AsyncBindNotFound",
     "AsyncContextAlreadyStarted",
     "AsyncContextNotStarted",
     "AsyncMethodRequired",
+    "CallerCancelled",
+    "DriverMappedWarning",
     "WorkerThreadRequired",
 ]

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from sqlalchemy.sql.selectable import ForUpdateParameter
 from .session import (
     _AS,
+    POPULATE_EXISTING_DEFAULT,
     AsyncSession,
     AsyncSessionTransaction,
     _AsyncSessionBind,
@@ -264,7 +265,7 @@ class async_scoped_session(Generic[_AS]):
         ident: _PKIdentityArgument,
         *,
         options: Optional[Sequence[ORMOption]] = None,
-        populate_existing: bool = False,
+        populate_existing: Optional[bool] = POPULATE_EXISTING_DEFAULT,
         with_for_update: ForUpdateParameter = None,
         identity_token: Optional[Any] = None,
         execution_options: OrmExecuteOptionsParameter = sa_util.EMPTY_DICT,
@@ -285,7 +286,7 @@ class async_scoped_session(Generic[_AS]):
         ident: _PKIdentityArgument,
         *,
         options: Optional[Sequence[ORMOption]] = None,
-        populate_existing: bool = False,
+        populate_existing: Optional[bool] = POPULATE_EXISTING_DEFAULT,
         with_for_update: ForUpdateParameter = None,
         identity_token: Optional[Any] = None,
         execution_options: OrmExecuteOptionsParameter = sa_util.EMPTY_DICT,

@@ -33,19 +33,27 @@ from typing import (
     overload,
 )
 
+import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import util as sa_util
 from sqlalchemy.engine import Connection, Engine, Result, ScalarResult
 from sqlalchemy.orm import Session, SessionTransaction, object_session
 from sqlalchemy.orm import state as _instance_state
 
-from . import _cancel, _guard
+from . import _cancel, _chunk, _guard
 from . import exc as async_exc
 from ._base import ReversibleProxy, StartableContext
-from ._bridge import Worker, give_back_later
+from ._bridge import Worker, _impl, give_back_later
 from ._buffer import buffer_result
 from .engine import AsyncConnection, AsyncEngine, lease_worker, spare_workers
 from .result import AsyncResult, AsyncScalarResult
+
+#: ``get()``'s default as in the official extension: None from SQLAlchemy 2.1
+#: (an explicit value overrides the ``populate_existing`` execution option),
+#: False before.
+POPULATE_EXISTING_DEFAULT: Optional[bool] = (
+    None if tuple(int(p) for p in sa.__version__.split(".")[:2]) >= (2, 1) else False
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Row, RowMapping
@@ -188,6 +196,9 @@ class AsyncSession(ReversibleProxy[Session]):
         if sync_session_class:
             self.sync_session_class = sync_session_class
         self._lease: Optional[_Lease] = None
+        #: A close queued on the last worker and not awaited (see _end): the
+        #: next lease waits for it, so the sync Session is never on two threads.
+        self._pending_end: Any = None
         self._finalizer: Optional[weakref.finalize[Any, Any]] = None
         guarded = _guard.guarded_session_class(self.sync_session_class)
         self.sync_session = self._proxied = self._assign_proxied(
@@ -221,6 +232,11 @@ class AsyncSession(ReversibleProxy[Session]):
 
     async def _acquire(self) -> _Lease:
         """Lease a worker: the bind engine's (with its connection), or a spare one."""
+        pending = self._pending_end
+        if pending is not None:
+            if not pending.done:
+                await _impl.wait(pending)
+            self._pending_end = None
         sync = self.sync_session
         bind = self._lease_bind()
         if isinstance(bind, Connection):
@@ -286,9 +302,12 @@ class AsyncSession(ReversibleProxy[Session]):
         When others wait for a connection, ``fn`` is queued on the worker and
         the worker handed on at once: the next lessee's calls run after it.
         """
+        pending = self._pending_end
+        if pending is not None and not pending.done:
+            await _impl.wait(pending)
         lease = self._lease
         if lease is not None and not on_worker and lease.owned and lease.worker.in_demand():
-            lease.worker.submit_quietly("closing an AsyncSession", fn)
+            self._pending_end = lease.worker.submit_quietly("closing an AsyncSession", fn)
             self._release()
             return
         try:
@@ -448,7 +467,7 @@ class AsyncSession(ReversibleProxy[Session]):
         ident: _PKIdentityArgument,
         *,
         options: Optional[Sequence[ORMOption]] = None,
-        populate_existing: bool = False,
+        populate_existing: Optional[bool] = POPULATE_EXISTING_DEFAULT,
         with_for_update: ForUpdateParameter = None,
         identity_token: Optional[Any] = None,
         execution_options: OrmExecuteOptionsParameter = sa_util.EMPTY_DICT,
@@ -471,7 +490,7 @@ class AsyncSession(ReversibleProxy[Session]):
         ident: _PKIdentityArgument,
         *,
         options: Optional[Sequence[ORMOption]] = None,
-        populate_existing: bool = False,
+        populate_existing: Optional[bool] = POPULATE_EXISTING_DEFAULT,
         with_for_update: ForUpdateParameter = None,
         identity_token: Optional[Any] = None,
         execution_options: OrmExecuteOptionsParameter = sa_util.EMPTY_DICT,
@@ -804,14 +823,15 @@ def _execute_buffered(
     bind_arguments: Any,
     kw: Dict[str, Any],
 ) -> Result[Any]:
-    """Session.execute and fetch everything, on the worker."""
-    result = sync_session.execute(
-        statement,
-        params=params,
-        execution_options=execution_options,
-        bind_arguments=bind_arguments,
-        **kw,
-    )
+    """Session.execute and fetch everything, on the worker (in chunks: see ``_chunk``)."""
+    with _chunk.prefetching():
+        result = sync_session.execute(
+            statement,
+            params=params,
+            execution_options=execution_options,
+            bind_arguments=bind_arguments,
+            **kw,
+        )
     return buffer_result(result, "AsyncSession")
 
 

@@ -9,11 +9,36 @@ from __future__ import annotations
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 from sqlalchemy import util as sa_util
+from sqlalchemy.engine import Result
 from sqlmodel import Session as _SQLModelSession
+from typing_extensions import deprecated
 
 from ._buffer import buffer_result
 from .session import _EXECUTE_OPTIONS
 from .session import AsyncSession as _AsyncSession
+
+# sqlmodel's own AsyncSession.execute() deprecation, word for word (its
+# module cannot be imported without greenlet).
+_EXECUTE_DEPRECATED = """
+        🚨 You probably want to use `session.exec()` instead of `session.execute()`.
+
+        This is the original SQLAlchemy `session.execute()` method that returns objects
+        of type `Row`, on which you have to call `scalars()` to get the model objects.
+
+        For example:
+
+        ```Python
+        result = await session.execute(select(Hero))
+        heroes = result.scalars().all()
+        ```
+
+        Instead, you could use `exec()`:
+
+        ```Python
+        result = await session.exec(select(Hero))
+        heroes = result.all()
+        ```
+        """
 
 
 class AsyncSession(_AsyncSession):
@@ -21,6 +46,29 @@ class AsyncSession(_AsyncSession):
 
     sync_session_class = _SQLModelSession
     sync_session: _SQLModelSession
+
+    @deprecated(_EXECUTE_DEPRECATED)
+    async def execute(
+        self,
+        statement: Any,
+        params: Optional[Union[Mapping[str, Any], Sequence[Mapping[str, Any]]]] = None,
+        *,
+        execution_options: Mapping[str, Any] = sa_util.EMPTY_DICT,
+        bind_arguments: Optional[Dict[str, Any]] = None,
+        _parent_execute_state: Optional[Any] = None,
+        _add_event: Optional[Any] = None,
+        **kw: Any,
+    ) -> Result[Any]:
+        """SQLAlchemy's ``execute()``, deprecated in favour of :meth:`exec` as in
+        sqlmodel (``scalars()`` goes through it, and warns too, as there)."""
+        return await super().execute(
+            statement,
+            params=params,
+            execution_options=execution_options,
+            bind_arguments=bind_arguments,
+            _parent_execute_state=_parent_execute_state,
+            _add_event=_add_event,
+        )
 
     async def exec(
         self,

@@ -19,7 +19,7 @@ from typing import Any, Callable, Deque, Optional, TypeVar
 import anyio
 
 from .. import _fork
-from . import _impl
+from . import _impl, _reentry
 
 _T = TypeVar("_T")
 
@@ -175,9 +175,10 @@ class Worker:
         pool = self.pool
         return pool is not None and not self.broken and pool.has_waiters()
 
-    def submit_quietly(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
-        """Queue ``fn(*args)``, nobody waiting for it: a failure is logged."""
-        self.submit(_logged, what, fn, args)
+    def submit_quietly(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Queue ``fn(*args)``, nobody waiting for it: a failure is logged.
+        Returns the job, for whoever must not overtake it."""
+        return self.submit(_logged, what, fn, args)
 
     async def call(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """Run ``fn(*args, **kwargs)`` on this worker and return its result.
@@ -188,14 +189,14 @@ class Worker:
         """
         if self.is_current():  # re-entrant use from inside a run_sync callable
             return fn(*args, **kwargs)
-        return await self._call_job(_impl.Job(fn, args, kwargs), INTERRUPT)  # type: ignore[no-any-return]
+        return await self._call_job(fn, args, kwargs, INTERRUPT)  # type: ignore[no-any-return]
 
     async def call_shielded(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """Like :meth:`call`, but a cancellation lets it run to its end (close,
         rollback), within the cancellation bound."""
         if self.is_current():
             return fn(*args, **kwargs)
-        return await self._call_job(_impl.Job(fn, args, kwargs), FINISH)  # type: ignore[no-any-return]
+        return await self._call_job(fn, args, kwargs, FINISH)  # type: ignore[no-any-return]
 
     async def call_or_abandon(
         self, cleanup: Callable[[_T], object], fn: Callable[..., _T], *args: Any
@@ -205,11 +206,20 @@ class Worker:
         On cancellation the caller does not wait: ``cleanup(result)`` runs on
         this worker if ``fn`` succeeds after all, and the worker is retired.
         """
-        return await self._call_job(_impl.Job(fn, args, None), ABANDON, cleanup)  # type: ignore[no-any-return]
+        return await self._call_job(fn, args, None, ABANDON, cleanup)  # type: ignore[no-any-return]
 
     async def _call_job(
-        self, job: Any, on_cancel: str, cleanup: Optional[Callable[[Any], object]] = None
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: Optional[dict[str, Any]],
+        on_cancel: str,
+        cleanup: Optional[Callable[[Any], object]] = None,
     ) -> Any:
+        # The Call lets the job reach this loop (anyio.from_thread, await_).
+        _reentry.refuse_if_serving(self.ident)
+        call = _reentry.Call(fn)
+        job = _impl.Job(call, args, kwargs)
         self._channel.put(job)
         in_flight = _in_flight.n
         _in_flight.n = in_flight + 1
@@ -228,6 +238,7 @@ class Worker:
                 await _impl.wait(job)
             except BaseException:
                 if not job.done:
+                    call.cancel()  # what the job waits for on this loop ends now
                     await self._settle(job, on_cancel, cleanup)
                 raise
             return job.outcome()
@@ -246,11 +257,16 @@ class Worker:
         FINISH: the call is awaited.  Whatever is awaited shares one bound;
         past it the connection is invalidated (after the call, on this
         worker) and the worker retired.  A shared worker is never retired:
-        its one connection has no other thread to go to.
+        its one connection has no other thread to go to.  A call queued on
+        a worker already written off is not waited for: it runs after the
+        call that is stuck, on the invalidated connection, and waiting a
+        second bound for it would only delay the caller.
         """
+        if self.broken and self.exclusive and on_cancel != ABANDON:
+            return
         if on_cancel == ABANDON:
             self.broken = self.exclusive
-            self._channel.put(_impl.Job(_cleanup_if_succeeded, (job, cleanup), None))
+            self._channel.put(_impl.Job(_reentry.Call(_cleanup_if_succeeded), (job, cleanup), None))
             return
         interrupt = None
         if on_cancel == INTERRUPT and self.exclusive and self.interrupter is not None:
@@ -271,9 +287,14 @@ class Worker:
                 await _impl.wait(interrupt)
             if on_cancel == INTERRUPT and self.exclusive and self.recover is not None:
                 recovered = False
-                recovery = _impl.Job(self.recover, (), None)
+                recover = _reentry.Call(self.recover)
+                recovery = _impl.Job(recover, (), None)
                 self._channel.put(recovery)
-                await _impl.wait(recovery)
+                try:
+                    await _impl.wait(recovery)
+                finally:
+                    if not recovery.done:
+                        recover.cancel()  # the bound passed: let it unwind
                 recovered = True
         settled = job.done and recovered and (interrupt is None or interrupt.done)
         if not settled and self.exclusive:

@@ -1,0 +1,196 @@
+"""The HTTP benchmark's FastAPI app: one source for sqlalchemy_anyio and the official extension.
+
+    BENCH_SYSTEM=anyio|official BENCH_DATABASE_URL=postgresql://... uvicorn http_app:app
+
+``BENCH_SYSTEM`` picks the async SQLAlchemy package (``sqlalchemy_anyio`` or
+``sqlalchemy.ext.asyncio``) and with it the driver put into
+``BENCH_DATABASE_URL`` (psycopg / PyMySQL for ours, asyncpg / aiomysql for the
+official extension); everything else is the same code.  The engine is
+``create_async_engine(url)`` with the default pool, and every request gets its
+own session from a dependency, as an application would.
+
+Endpoints (TechEmpower-style; the tables are filled by ``http_bench.py``):
+
+* ``GET /db``: one random ``world`` row by primary key;
+* ``GET /updates?queries=N``: N random rows read and updated in one transaction;
+* ``GET /authors/{id}``: an author and its books through a lazy relationship
+  (``awaitable_attrs``), as in ``examples/fastapi_app.py``;
+* ``GET /stats``: this process's id and the DBAPI connections opened so far
+  (a ``connect`` event listener), read by the runner around its measured window.
+"""
+
+# (no "from __future__ import annotations": FastAPI reads the real annotations)
+
+import importlib
+import os
+import random
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from fastapi import Depends, FastAPI, HTTPException, Query
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+SYSTEMS = {"anyio": "sqlalchemy_anyio", "official": "sqlalchemy.ext.asyncio"}
+DRIVERS = {
+    "anyio": {"postgresql": "postgresql+psycopg", "mysql": "mysql+pymysql"},
+    "official": {"postgresql": "postgresql+asyncpg", "mysql": "mysql+aiomysql"},
+}
+WORLD_ROWS = 10_000
+AUTHORS = 100
+BOOKS_PER_AUTHOR = 10
+
+SYSTEM = os.environ.get("BENCH_SYSTEM", "anyio")
+if SYSTEM not in SYSTEMS:
+    raise SystemExit(f"BENCH_SYSTEM={SYSTEM!r}: choose one of {', '.join(SYSTEMS)}")
+aio: Any = importlib.import_module(SYSTEMS[SYSTEM])
+
+
+def url_for(base: str, system: str) -> str:
+    """``base`` with the driver ``system`` uses for its database kind."""
+    url = sa.make_url(base)
+    kind = url.get_backend_name()
+    if kind not in DRIVERS[system]:
+        raise SystemExit(f"{base}: the HTTP benchmark runs on PostgreSQL or MySQL/MariaDB")
+    return url.set(drivername=DRIVERS[system][kind]).render_as_string(hide_password=False)
+
+
+class Base(aio.AsyncAttrs, DeclarativeBase):  # type: ignore[misc]
+    pass
+
+
+class World(Base):
+    __tablename__ = "world"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    randomnumber: Mapped[int]
+
+
+class Author(Base):
+    __tablename__ = "bench_author"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(sa.String(100))
+    books: Mapped[list["Book"]] = relationship(order_by="Book.id")
+
+
+class Book(Base):
+    __tablename__ = "bench_book"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    title: Mapped[str] = mapped_column(sa.String(200))
+    author_id: Mapped[int] = mapped_column(sa.ForeignKey("bench_author.id"), index=True)
+
+
+def create_app() -> FastAPI:
+    engine = aio.create_async_engine(url_for(os.environ["BENCH_DATABASE_URL"], SYSTEM))
+    Session = aio.async_sessionmaker(engine, expire_on_commit=False)
+    lock = threading.Lock()  # the listener runs on worker threads with sqlalchemy_anyio
+    connects = 0
+
+    @sa.event.listens_for(engine.sync_engine, "connect")
+    def _count(dbapi_conn: Any, record: Any) -> None:
+        nonlocal connects
+        with lock:
+            connects += 1
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await engine.dispose()
+
+    app = FastAPI(lifespan=lifespan)
+
+    async def get_session() -> AsyncIterator[Any]:
+        async with Session() as session:
+            yield session
+
+    SessionDep = Annotated[Any, Depends(get_session)]
+
+    @app.get("/db")
+    async def single_query(session: SessionDep) -> dict[str, int]:
+        row = await session.get(World, random.randint(1, WORLD_ROWS))
+        return {"id": row.id, "randomNumber": row.randomnumber}
+
+    @app.get("/updates")
+    async def updates(
+        session: SessionDep, queries: Annotated[int, Query(ge=1, le=500)] = 5
+    ) -> list[dict[str, int]]:
+        # sorted ids: concurrent transactions lock rows in the same order (no deadlocks)
+        ids = sorted(random.sample(range(1, WORLD_ROWS + 1), queries))
+        out = []
+        async with session.begin():
+            for ident in ids:
+                row = await session.get(World, ident)
+                row.randomnumber = random.randint(1, WORLD_ROWS)
+                out.append({"id": row.id, "randomNumber": row.randomnumber})
+        return out
+
+    @app.get("/authors/{author_id}")
+    async def get_author(author_id: int, session: SessionDep) -> dict[str, Any]:
+        author = await session.get(Author, author_id)
+        if author is None:
+            raise HTTPException(404, "no such author")
+        books = await author.awaitable_attrs.books
+        return {
+            "id": author.id,
+            "name": author.name,
+            "books": [{"id": b.id, "title": b.title} for b in books],
+        }
+
+    @app.get("/stats")
+    async def stats() -> dict[str, Any]:
+        with lock:
+            opened = connects
+        return {
+            "pid": os.getpid(),
+            "system": SYSTEM,
+            "module": aio.__name__,
+            "driver": engine.dialect.driver,
+            "connects": opened,
+            "pool": engine.pool.status(),
+            "threads": threading.active_count(),
+        }
+
+    return app
+
+
+def setup_database(base_url: str) -> None:
+    """Create and fill the tables (sync SQLAlchemy, ours' driver)."""
+    engine = sa.create_engine(url_for(base_url, "anyio"), poolclass=sa.pool.NullPool)
+    rnd = random.Random(0)
+    try:
+        with engine.begin() as conn:
+            Base.metadata.drop_all(conn)
+            Base.metadata.create_all(conn)
+            conn.execute(
+                World.__table__.insert(),
+                [
+                    {"id": i, "randomnumber": rnd.randint(1, WORLD_ROWS)}
+                    for i in range(1, WORLD_ROWS + 1)
+                ],
+            )
+            conn.execute(
+                Author.__table__.insert(),
+                [{"id": i, "name": f"author {i}"} for i in range(1, AUTHORS + 1)],
+            )
+            conn.execute(
+                Book.__table__.insert(),
+                [
+                    {"id": i, "title": f"book {i}", "author_id": 1 + (i - 1) // BOOKS_PER_AUTHOR}
+                    for i in range(1, AUTHORS * BOOKS_PER_AUTHOR + 1)
+                ],
+            )
+    finally:
+        engine.dispose()
+
+
+def drop_tables(base_url: str) -> None:
+    engine = sa.create_engine(url_for(base_url, "anyio"), poolclass=sa.pool.NullPool)
+    try:
+        with engine.begin() as conn:
+            Base.metadata.drop_all(conn)
+    finally:
+        engine.dispose()
+
+
+app = create_app() if "BENCH_DATABASE_URL" in os.environ else None
