@@ -97,6 +97,11 @@ class Worker:
         #: Calls left before the loop tries spinning again, and the back-off
         #: after a spin that missed (the calls here take longer than the budget).
         self._spin_skip = self._spin_backoff = 0
+        #: The asyncio loop of the latest call (None on trio): async drivers
+        #: run their coroutines there (see ``_async_drivers``), and then the
+        #: loop must not spin waiting for this worker.
+        self.loop: Any = None
+        self.loop_spin = True
         self._thread = threading.Thread(
             target=self._run, name=f"sqlalchemy-anyio-worker-{next(_names)}", daemon=True
         )
@@ -193,13 +198,14 @@ class Worker:
     async def _call_job(
         self, job: Any, on_cancel: str, cleanup: Optional[Callable[[Any], object]] = None
     ) -> Any:
+        self.loop = _impl._get_running_loop()
         self._channel.put(job)
         in_flight = _in_flight.n
         _in_flight.n = in_flight + 1
         try:
             if self._spin_skip:
                 self._spin_skip -= 1
-            elif not in_flight and _impl.LOOP_SPIN and _impl.loop_is_idle():
+            elif not in_flight and self.loop_spin and _impl.LOOP_SPIN and _impl.loop_is_idle():
                 # Nothing else of ours is under way and nothing else is ready
                 # to run: wait for this call without going through the loop.
                 if job.spin_wait(_impl.LOOP_SPIN):
