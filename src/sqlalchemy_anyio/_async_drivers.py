@@ -139,7 +139,7 @@ def dialect_class(key: tuple[str, str]) -> type[Any]:
     cls = type(
         base.__name__,
         (_NativeDialect, base),
-        {"__module__": __name__, "supports_statement_cache": True},
+        {"__module__": __name__, "supports_statement_cache": True, "native_driver": key[1]},
     )
     with _lock:
         return _classes.setdefault(key, cls)
@@ -155,6 +155,8 @@ class _NativeDialect:
     #: events would take asyncio locks through ``await_`` and garbage-collected
     #: connections would be dropped unreset.  Ours are driven from threads.
     is_async = False
+    #: The URL's driver name (psycopg's async dialect calls itself "psycopg").
+    native_driver = ""
 
     def do_terminate(self, dbapi_connection: Any) -> None:
         """Close gracefully on the loop if we can, else drop the socket.

@@ -131,7 +131,8 @@ def interrupter_for(conn: Connection, timeout: float) -> Optional[Callable[[], N
 
     ``timeout`` bounds the drivers' own waits where they take one.
     """
-    interrupt = _BY_DRIVER.get(conn.dialect.driver)
+    dialect = conn.dialect
+    interrupt = _BY_DRIVER.get(getattr(dialect, "native_driver", None) or dialect.driver)
     if interrupt is None:
         return None
 
@@ -228,7 +229,7 @@ _installed_lock = threading.Lock()
 
 def install_engine(engine: Engine) -> None:
     """Register the hooks a driver's interrupter needs (once per engine)."""
-    driver = engine.dialect.driver
+    driver = getattr(engine.dialect, "native_driver", None) or engine.dialect.driver
     if driver not in ("pymysql", "mysqldb", "aiomysql", "asyncmy"):
         return
     with _installed_lock:
