@@ -95,9 +95,7 @@ async def table(engine: AsyncEngine) -> AsyncIterator[sa.Table]:
 def _still_running(url: str, name: str) -> int:
     """How many copies of the long query the server still runs (this database)."""
     sync_kind = NATIVE[sa.make_url(url).drivername][1]
-    sync = sa.create_engine(
-        sa.make_url(url).set(drivername=sync_kind), poolclass=sa.pool.NullPool
-    )
+    sync = sa.create_engine(sa.make_url(url).set(drivername=sync_kind), poolclass=sa.pool.NullPool)
     with sync.connect() as c:
         if name == "postgresql":
             sql = (
@@ -115,7 +113,11 @@ def _still_running(url: str, name: str) -> int:
 
 
 def _backend_id(engine: AsyncEngine) -> str:
-    return "SELECT pg_backend_pid()" if engine.dialect.name == "postgresql" else "SELECT CONNECTION_ID()"
+    return (
+        "SELECT pg_backend_pid()"
+        if engine.dialect.name == "postgresql"
+        else "SELECT CONNECTION_ID()"
+    )
 
 
 # -- which driver runs -------------------------------------------------------
@@ -164,9 +166,9 @@ async def test_async_driver_sync_option_maps_on_asyncio(async_url: str) -> None:
 
 async def test_async_driver_option_is_validated(anyio_backend: Any) -> None:
     url = "postgresql+asyncpg://scott:tiger@db.invalid/test"
-    with pytest.raises(exc.ArgumentError, match="async_driver must be 'native'.*or 'sync'"):
+    with pytest.raises(exc.ArgumentError, match=r"async_driver must be 'native'.*or 'sync'"):
         create_async_engine(url, async_driver="greenlet")
-    with pytest.raises(exc.ArgumentError, match="not available for 'sqlite\\+aiosqlite'"):
+    with pytest.raises(exc.ArgumentError, match=r"not available for 'sqlite\+aiosqlite'"):
         create_async_engine("sqlite+aiosqlite://", async_driver="native")
     if _on_trio(anyio_backend):
         with pytest.raises(exc.ArgumentError, match="this is trio; use async_driver='sync'"):
@@ -405,13 +407,10 @@ def _creator_for(url: sa.URL) -> Any:
 # -- event loops ----------------------------------------------------------------------
 
 
-def test_engine_outlives_its_first_event_loop(tmp_path: Any) -> None:
+def test_engine_outlives_its_first_event_loop(async_url: str) -> None:
     """Connections belong to the loop that opened them; on the next loop the
     pool replaces them instead of failing."""
-    if not KINDS:
-        pytest.skip("no server database selected")
-    url = _native_url(KINDS[0], tmp_path)
-    engine = create_async_engine(url, pool_size=1, max_overflow=0)
+    engine = create_async_engine(async_url, pool_size=1, max_overflow=0)
 
     async def one(n: int) -> Optional[int]:
         async with engine.connect() as conn:
@@ -420,6 +419,7 @@ def test_engine_outlives_its_first_event_loop(tmp_path: Any) -> None:
     try:
         assert asyncio.run(one(1)) == 1
         assert asyncio.run(one(2)) == 2
+        assert engine.pool.checkedout() == 0
     finally:
         asyncio.run(engine.dispose())
 

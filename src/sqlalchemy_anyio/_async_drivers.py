@@ -22,7 +22,7 @@ import importlib
 import importlib.util
 import sys
 import threading
-from typing import Any, Callable, Coroutine, Optional, TypeVar
+from typing import Any, Awaitable, Callable, Optional, TypeVar, cast
 
 from sqlalchemy import event, exc
 from sqlalchemy.dialects import registry
@@ -164,19 +164,60 @@ class _NativeDialect:
         SQLAlchemy's ``terminate()`` schedules the graceful close with
         ``asyncio.shield`` on the calling thread, which has no loop here.
         """
-        loop = _loop_for_thread()
-        if loop is None or getattr(dbapi_connection.driver_connection, "_loop", loop) is not loop:
-            # Garbage collection on another thread, or a connection of an
-            # event loop that is gone: drop the socket, nothing to wait for.
+        if _stranded(dbapi_connection):
+            _force_close(dbapi_connection)
+        elif not hasattr(dbapi_connection, "_terminate_force_close"):  # psycopg: a close
+            super().do_terminate(dbapi_connection)  # type: ignore[misc]
+        else:
             try:
-                dbapi_connection._terminate_force_close()
-            except Exception:  # its loop is closed: the socket is closed with it
-                pass
-            return
+                run_on_loop(asyncio.wait_for(dbapi_connection._terminate_graceful_close(), 2))
+            except (Exception, asyncio.CancelledError):  # noqa: BLE001 - as SQLAlchemy's
+                run_on_loop(_call_async(dbapi_connection._terminate_force_close))
+
+    def do_close(self, dbapi_connection: Any) -> None:
+        """A connection whose event loop is gone cannot say goodbye: drop it."""
+        if _stranded(dbapi_connection):
+            _force_close(dbapi_connection)
+        else:
+            super().do_close(dbapi_connection)  # type: ignore[misc]
+
+
+def _stranded(dbapi_connection: Any) -> bool:
+    """True when this thread cannot run the connection's coroutines: it is not
+    ours (garbage collection), or the connection's event loop is another one."""
+    loop = _loop_for_thread()
+    return (
+        loop is None
+        or loop.is_closed()
+        or getattr(dbapi_connection.driver_connection, "_loop", loop) is not loop
+    )
+
+
+def _force_close(dbapi_connection: Any) -> None:
+    """Drop the connection from any thread, even once its event loop is closed
+    (the driver's own close needs the loop then: the socket is closed here)."""
+    driver = dbapi_connection.driver_connection
+    pgconn = getattr(driver, "pgconn", None)
+    if pgconn is not None:  # psycopg: libpq closes it, no loop needed
+        pgconn.finish()
+        return
+    try:
+        dbapi_connection._terminate_force_close()
+        return
+    except Exception:  # noqa: BLE001 - its loop is closed
+        pass
+    writer = getattr(driver, "_writer", None)
+    transport = getattr(driver, "_transport", None) or getattr(writer, "transport", None)
+    sock = getattr(transport, "_sock", None)
+    if sock is not None:
+        sock.close()
+        transport._sock = None  # type: ignore[union-attr]
+    for attr in ("_writer", "_reader", "_transport"):  # so its finalizer does not retry
         try:
-            run_on_loop(asyncio.wait_for(dbapi_connection._terminate_graceful_close(), 2))
-        except (Exception, asyncio.CancelledError):
-            run_on_loop(_call_async(dbapi_connection._terminate_force_close))
+            if getattr(driver, attr, None) is not None:
+                setattr(driver, attr, None)
+        except (AttributeError, TypeError):
+            pass
 
 
 async def _call_async(fn: Callable[[], _T]) -> _T:
@@ -197,7 +238,9 @@ def make_engine(
     """
     if async_creator is not None:
         if kw.get("creator") is not None:
-            raise exc.ArgumentError("Can only specify one of 'async_creator' or 'creator', not both.")
+            raise exc.ArgumentError(
+                "Can only specify one of 'async_creator' or 'creator', not both."
+            )
         engine_box: list[Engine] = []
 
         def creator() -> Any:
@@ -330,13 +373,13 @@ def _loop_for_thread() -> Optional[asyncio.AbstractEventLoop]:
     return loop
 
 
-def run_on_loop(coro: Coroutine[Any, Any, _T] | Any) -> _T:
+def run_on_loop(coro: Awaitable[_T]) -> _T:
     """Run ``coro`` on this thread's event loop and block until it is done."""
     loop = _loop_for_thread()
     if loop is None:
         _close(coro)
         raise exc.InvalidRequestError("not on a worker thread of sqlalchemy_anyio")
-    return _run(loop, coro)
+    return cast(_T, _run(loop, coro))
 
 
 def _run(loop: asyncio.AbstractEventLoop, coro: Any) -> Any:
