@@ -414,6 +414,27 @@ def interrupt(info: dict[str, Any]) -> bool:
     return True
 
 
+def asyncpg_server_cancel(driver: Any, timeout: float) -> bool:
+    """Cancel what an asyncpg connection runs, on the server (from a thread in
+    :class:`on_loop`); False if this asyncpg has no such helper."""
+    try:
+        cancel = importlib.import_module("asyncpg.connect_utils")._cancel
+        coro = cancel(
+            loop=driver._loop,
+            addr=driver._addr,
+            params=driver._params,
+            backend_pid=driver._protocol.backend_pid,
+            backend_secret=driver._protocol.backend_secret,
+        )
+    except (ImportError, AttributeError, TypeError):
+        return False
+    try:
+        run_on_loop(asyncio.wait_for(coro, timeout))
+    except ConnectionResetError:  # some servers reset the side connection: sent anyway
+        pass
+    return True
+
+
 def owner_loop(info: dict[str, Any]) -> Optional[asyncio.AbstractEventLoop]:
     """The event loop a pooled connection (its ``info``) belongs to."""
     owner = info.get(OWNER)
@@ -446,9 +467,9 @@ def _await_dispatcher(original: Callable[..., Any]) -> Callable[..., Any]:
             return _run(loop, awaitable)
         if "greenlet" not in sys.modules:  # no greenlet_spawn can be under way
             _close(awaitable)
-            raise exc.MissingGreenlet(
-                "An async driver's connection was used outside the worker thread "
-                "that owns it; was IO attempted in an unexpected place?"
+            raise exc.MissingGreenlet(  # SQLAlchemy's own words, without importing it
+                "greenlet_spawn has not been called; can't call await_() "
+                "here. Was IO attempted in an unexpected place?"
             )
         return original(awaitable)
 

@@ -83,9 +83,17 @@ def _info(conn: Connection) -> dict[str, Any]:
 
 
 def _asyncpg(conn: Connection, raw: Any, timeout: float) -> None:
-    """Cancel the coroutine the worker waits for: asyncpg then cancels the
-    query on the server and the connection stays usable."""
-    _async_drivers.interrupt(_info(conn))
+    """A CancelRequest for the connection's server process, sent the way
+    asyncpg sends it: the statement fails with QueryCanceledError and the
+    adapter's transaction bookkeeping stays right (cancelling the coroutine
+    would also interrupt a COMMIT or BEGIN midway)."""
+    info = _info(conn)
+    loop = _async_drivers.owner_loop(info)
+    if loop is None:
+        return
+    with _async_drivers.on_loop(loop):
+        if not _async_drivers.asyncpg_server_cancel(raw.driver_connection, timeout):
+            _async_drivers.interrupt(info)  # asyncpg's internals moved: cancel the coroutine
 
 
 def _psycopg_async(conn: Connection, raw: Any, timeout: float) -> None:
