@@ -23,7 +23,13 @@ from sqlalchemy import exc
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from conftest import _selected, _unavailable, subprocess_env, url_for
-from sqlalchemy_anyio import AsyncEngine, AsyncSession, _urls, create_async_engine
+from sqlalchemy_anyio import (
+    AsyncEngine,
+    AsyncSession,
+    _urls,
+    create_async_engine,
+    create_async_pool_from_url,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -478,3 +484,21 @@ def test_greenlet_is_never_imported(async_url: str, backend: str) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "NO GREENLET OK" in proc.stdout
+
+
+async def test_pool_from_url_serves_an_engine(async_url: str, anyio_backend: Any) -> None:
+    pool = create_async_pool_from_url(async_url)
+    engine = create_async_engine(async_url, pool=pool)
+    try:
+        assert engine.pool is pool
+        assert engine.driver == _expected_driver(async_url, anyio_backend)
+        async with engine.connect() as conn:
+            assert await conn.scalar(sa.select(sa.literal(3))) == 3
+            # the loop check and the interrupters' hooks are on this pool too
+            with anyio.move_on_after(0.3) as scope:
+                await conn.exec_driver_sql(LONG_QUERY[engine.dialect.name])
+            assert scope.cancelled_caught
+            assert await conn.scalar(sa.select(sa.literal(4))) == 4
+        assert pool.checkedin() == 1
+    finally:
+        await engine.dispose()

@@ -141,9 +141,15 @@ def async_engine_from_config(
 
 
 def create_async_pool_from_url(url: Union[str, URL], **kwargs: Any) -> sa_pool.Pool:
-    """Create a connection pool for the (synchronous counterpart of the) URL."""
+    """Create a connection pool for the URL, choosing its driver as
+    :func:`create_async_engine` does (``async_driver=`` included)."""
     kwargs.pop("_is_async", None)
-    sync_url = to_sync_url(url)
+    given = make_url(url)
+    native = _async_drivers.native_url(given, kwargs.pop("async_driver", None))
+    if native is not None:
+        _worker_pool_default(native, kwargs)
+        return _create_pool_from_url(native, **kwargs)
+    sync_url = to_sync_url(given)
     _sqlite_defaults(sync_url, kwargs)
     _worker_pool_default(sync_url, kwargs)
     return _create_pool_from_url(sync_url, **kwargs)
