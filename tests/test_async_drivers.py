@@ -502,3 +502,17 @@ async def test_pool_from_url_serves_an_engine(async_url: str, anyio_backend: Any
         assert pool.checkedin() == 1
     finally:
         await engine.dispose()
+
+
+async def test_mariadb_url_keeps_the_mariadb_dialect(tmp_path: Any, anyio_backend: Any) -> None:
+    if "mysql+aiomysql" not in KINDS:
+        pytest.skip("MySQL not selected")
+    url = sa.make_url(_native_url("mysql+aiomysql", tmp_path)).set(drivername="mariadb+aiomysql")
+    engine = create_async_engine(url)
+    try:
+        assert engine.dialect.name == "mariadb"
+        assert engine.driver == ("pymysql" if _on_trio(anyio_backend) else "aiomysql")
+        async with engine.connect() as conn:
+            assert "MariaDB" in await conn.scalar(sa.text("SELECT VERSION()"))
+    finally:
+        await engine.dispose()

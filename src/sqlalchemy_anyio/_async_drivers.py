@@ -26,25 +26,21 @@ from typing import Any, Awaitable, Callable, Optional, TypeVar, cast
 
 from sqlalchemy import event, exc
 from sqlalchemy.dialects import registry
-from sqlalchemy.engine import URL, Engine
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.util import concurrency as sa_concurrency
 
 from ._bridge import current_worker
 
 _T = TypeVar("_T")
 
-#: (backend, driver) -> (SQLAlchemy dialect module, dialect class, driver module).
-_NATIVE: dict[tuple[str, str], tuple[str, str, str]] = {
-    ("postgresql", "asyncpg"): ("sqlalchemy.dialects.postgresql.asyncpg", "dialect", "asyncpg"),
-    ("postgresql", "psycopg_async"): (
-        "sqlalchemy.dialects.postgresql.psycopg",
-        "PGDialectAsync_psycopg",
-        "psycopg",
-    ),
-    ("mysql", "aiomysql"): ("sqlalchemy.dialects.mysql.aiomysql", "dialect", "aiomysql"),
-    ("mysql", "asyncmy"): ("sqlalchemy.dialects.mysql.asyncmy", "dialect", "asyncmy"),
-    ("mariadb", "aiomysql"): ("sqlalchemy.dialects.mysql.aiomysql", "dialect", "aiomysql"),
-    ("mariadb", "asyncmy"): ("sqlalchemy.dialects.mysql.asyncmy", "dialect", "asyncmy"),
+#: (backend, driver) -> the driver's module.
+_NATIVE: dict[tuple[str, str], str] = {
+    ("postgresql", "asyncpg"): "asyncpg",
+    ("postgresql", "psycopg_async"): "psycopg",
+    ("mysql", "aiomysql"): "aiomysql",
+    ("mysql", "asyncmy"): "asyncmy",
+    ("mariadb", "aiomysql"): "aiomysql",
+    ("mariadb", "asyncmy"): "asyncmy",
 }
 
 #: Values of the ``async_driver=`` engine option.
@@ -87,15 +83,15 @@ def native_url(url: URL, choice: Optional[str]) -> Optional[URL]:
     if choice == "sync" or "+" not in url.drivername:
         return None
     key = (url.get_backend_name(), url.get_driver_name())
-    spec = _NATIVE.get(key)
-    if spec is None:
+    module = _NATIVE.get(key)
+    if module is None:
         if choice == "native" and key[1] in ("aiosqlite", "oracledb_async", "aioodbc"):
             raise exc.ArgumentError(
                 f"async_driver='native' is not available for {url.drivername!r}: "
                 "it runs on its synchronous counterpart; leave async_driver unset."
             )
         return None
-    installed = importlib.util.find_spec(spec[2]) is not None
+    installed = importlib.util.find_spec(module) is not None
     if choice == "native":
         if _trio_running():
             raise exc.ArgumentError(
@@ -104,8 +100,8 @@ def native_url(url: URL, choice: Optional[str]) -> Optional[URL]:
             )
         if not installed:
             raise exc.ArgumentError(
-                f"async_driver='native': the driver {spec[2]!r} is not installed "
-                f"(pip install {spec[2]!r}), or use async_driver='sync'."
+                f"async_driver='native': the driver {module!r} is not installed "
+                f"(pip install {module!r}), or use async_driver='sync'."
             )
     elif not installed or _trio_running():
         return None
@@ -132,10 +128,12 @@ def dialect_class(key: tuple[str, str]) -> type[Any]:
         cls = _classes.get(key)
         if cls is not None:
             return cls
-    module_name, attr, _ = _NATIVE[key]
-    module = importlib.import_module(module_name)
-    _patch_modules(module)
-    base = getattr(module, attr)
+    # SQLAlchemy's own class for the URL (MariaDB's variants included), and
+    # the modules its adapters live in.
+    base = make_url(f"{key[0]}+{key[1]}://").get_dialect()
+    for klass in base.__mro__:
+        if klass.__module__.startswith("sqlalchemy.dialects."):
+            _patch_modules(sys.modules[klass.__module__])
     cls = type(
         base.__name__,
         (_NativeDialect, base),
