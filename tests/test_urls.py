@@ -145,7 +145,7 @@ def test_missing_sync_driver_names_what_to_install(
         assert repr(requirement) in message
     assert sa.make_url(async_url).drivername in message
     with pytest.raises(sa.exc.ArgumentError):
-        create_async_pool_from_url(async_url)
+        create_async_pool_from_url(async_url, async_driver="sync")
 
 
 def test_unknown_driver_is_sqlalchemys_error() -> None:
