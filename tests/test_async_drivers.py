@@ -519,3 +519,32 @@ async def test_mariadb_url_keeps_the_mariadb_dialect(tmp_path: Any, anyio_backen
             assert "MariaDB" in await conn.scalar(sa.text("SELECT VERSION()"))
     finally:
         await engine.dispose()
+
+
+def test_engine_made_outside_a_loop_is_native_and_says_so_under_trio(async_url: str) -> None:
+    """Created before any loop runs, the engine runs the async driver: under
+    trio it refuses clearly, and async_driver="sync" is the way there."""
+    engine = create_async_engine(async_url)
+    assert engine.driver == sa.make_url(async_url).get_driver_name().replace("_async", "")
+
+    async def one() -> Any:
+        async with engine.connect() as conn:
+            return await conn.scalar(sa.select(sa.literal(1)))
+
+    try:
+        with pytest.raises(exc.InvalidRequestError, match="async_driver='sync'"):
+            anyio.run(one, backend="trio")
+        assert engine.pool.checkedout() == 0
+        assert anyio.run(one, backend="asyncio") == 1
+    finally:
+        anyio.run(engine.dispose, backend="asyncio")
+    mapped = create_async_engine(async_url, async_driver="sync")
+    try:
+        assert anyio.run(_scalar_one, mapped, backend="trio") == 1
+    finally:
+        anyio.run(mapped.dispose, backend="trio")
+
+
+async def _scalar_one(engine: AsyncEngine) -> Any:
+    async with engine.connect() as conn:
+        return await conn.scalar(sa.select(sa.literal(1)))

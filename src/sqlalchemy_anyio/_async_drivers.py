@@ -373,7 +373,11 @@ def _loop_for_thread() -> Optional[asyncio.AbstractEventLoop]:
 
 def run_on_loop(coro: Awaitable[_T]) -> _T:
     """Run ``coro`` on this thread's event loop and block until it is done."""
-    loop = _loop_for_thread()
+    try:
+        loop = _loop_for_thread()
+    except BaseException:
+        _close(coro)
+        raise
     if loop is None:
         _close(coro)
         raise exc.InvalidRequestError("not on a worker thread of sqlalchemy_anyio")
@@ -460,7 +464,11 @@ class on_loop:
 def _await_dispatcher(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def await_(awaitable: Any) -> Any:
-        loop = _loop_for_thread()
+        try:
+            loop = _loop_for_thread()
+        except BaseException:  # trio: nothing will run it
+            _close(awaitable)
+            raise
         if loop is not None:
             return _run(loop, awaitable)
         if "greenlet" not in sys.modules:  # no greenlet_spawn can be under way
