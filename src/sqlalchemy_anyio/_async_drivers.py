@@ -156,6 +156,12 @@ class _NativeDialect:
     #: The URL's driver name (psycopg's async dialect calls itself "psycopg").
     native_driver = ""
 
+    def connect(self, *cargs: Any, **cparams: Any) -> Any:
+        """Refuse at once where no asyncio loop can run the driver (trio),
+        before any of its coroutines is made."""
+        _loop_for_thread()
+        return super().connect(*cargs, **cparams)  # type: ignore[misc]
+
     def do_terminate(self, dbapi_connection: Any) -> None:
         """Close gracefully on the loop if we can, else drop the socket.
 
