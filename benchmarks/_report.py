@@ -193,6 +193,8 @@ _COLORS = {
     "anyio-py/asyncio": "#2ca02c",
     "anyio-py/uvloop": "#98df8a",
     "anyio-py/trio": "#00441b",
+    "anyio-native/asyncio": "#9467bd",
+    "anyio-native/uvloop": "#c5b0d5",
 }
 
 

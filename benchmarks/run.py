@@ -11,6 +11,8 @@ Everything is measured in one run on one machine:
 * ``anyio-C``: sqlalchemy_anyio with the C bridge, in this process;
 * ``anyio-py``: sqlalchemy_anyio with the pure-Python bridge, in a subprocess
   with ``SQLALCHEMY_ANYIO_NO_CEXT=1``;
+* ``anyio-native``: sqlalchemy_anyio (C bridge) on the official extension's
+  asyncpg / aiomysql URL, run natively (servers only; asyncio and uvloop);
 
 each async one on asyncio, uvloop and trio (the official extension: asyncio and
 uvloop).  Output: a table on stdout, ``benchmarks/results/latest.json`` and
@@ -51,7 +53,7 @@ TITLES = {
     "concurrent": "16 tasks / 8 conns",
     "lag": "ORM 40k load",
 }
-IMPLS = ["sync", "official", "anyio-C", "anyio-py"]
+IMPLS = ["sync", "official", "anyio-C", "anyio-py", "anyio-native"]
 BACKENDS = ["asyncio", "uvloop", "trio"]
 
 # SQLAlchemy driver names per database kind and implementation
@@ -67,7 +69,11 @@ DRIVERS = {
 
 
 def url_for(base: str, kind: str, impl: str) -> str:
+    """``anyio-native`` is sqlalchemy_anyio (C bridge) on the official extension's
+    async driver URL, which it runs natively on asyncio."""
     drivers = DRIVERS[kind]
+    if impl == "anyio-native":
+        impl = "official"
     name = drivers["anyio" if impl.startswith("anyio") else impl]
     return sa.make_url(base).set(drivername=name).render_as_string(hide_password=False)
 
@@ -414,6 +420,8 @@ def _plan(kind: str, impls: List[str], backends: List[str]) -> List[tuple]:
         for backend in backends:
             if impl == "official" and backend == "trio":
                 continue  # the official extension runs on asyncio only
+            if impl == "anyio-native" and (backend == "trio" or kind == "sqlite"):
+                continue  # async drivers run natively on asyncio; aiosqlite maps to sqlite3
             plan.append((impl, backend))
     return plan
 

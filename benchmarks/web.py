@@ -36,7 +36,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 HERE = os.path.dirname(os.path.abspath(__file__))
 ITEMS = 1000
 WORKLOADS = ["read", "write"]
-IMPLS = ["sync", "official", "anyio-C", "anyio-py"]
+IMPLS = ["sync", "official", "anyio-C", "anyio-py", "anyio-native"]
 BACKENDS = ["asyncio", "uvloop", "trio"]
 DEFAULT_URLS = {
     "sqlite": None,  # a file in a temporary directory
@@ -63,7 +63,8 @@ class Item(Base):
 
 
 def url_for(base: str, kind: str, impl: str) -> str:
-    driver = DRIVERS[kind]["official" if impl == "official" else "sync"]
+    """``anyio-native``: sqlalchemy_anyio on the async driver's URL (run natively)."""
+    driver = DRIVERS[kind]["official" if impl in ("official", "anyio-native") else "sync"]
     return sa.make_url(base).set(drivername=driver).render_as_string(hide_password=False)
 
 
@@ -274,7 +275,7 @@ def label(impl: str, backend: Optional[str]) -> str:
     return f"{impl}/{backend}" if backend else impl
 
 
-def plan(impls: List[str], backends: List[str]) -> List[tuple]:
+def plan(impls: List[str], backends: List[str], kind: str) -> List[tuple]:
     out: List[tuple] = []
     for impl in impls:
         if impl == "sync":
@@ -282,6 +283,8 @@ def plan(impls: List[str], backends: List[str]) -> List[tuple]:
             continue
         for backend in backends:
             if impl == "official" and backend == "trio":
+                continue
+            if impl == "anyio-native" and (backend == "trio" or kind == "sqlite"):
                 continue
             out.append((impl, backend))
     return out
@@ -381,7 +384,7 @@ def main() -> int:
             setup_database(sync_url)
             runs: Dict[str, List[Dict[str, Any]]] = {}
             for rnd in range(args.rounds):
-                for impl, backend in plan(impls, backends):
+                for impl, backend in plan(impls, backends, kind):
                     spec = {
                         "impl": impl,
                         "backend": backend,

@@ -8,8 +8,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
-from conftest import subprocess_env
+from conftest import _selected, subprocess_env, url_for
 
 SCRIPT = textwrap.dedent(
     """
@@ -41,8 +42,11 @@ SCRIPT = textwrap.dedent(
 
     async def main():
         engine = create_async_engine(URL)
+        if "+asyncpg" in URL:
+            assert engine.driver == ("asyncpg" if BACKEND == "asyncio" else "psycopg")
         try:
             async with engine.begin() as conn:
+                await conn.run_sync(metadata.drop_all)
                 await conn.run_sync(metadata.create_all)
                 await conn.execute(table.insert(), [{"id": i, "name": f"n{i}"} for i in range(50)])
             async with engine.connect() as conn:
@@ -53,6 +57,8 @@ SCRIPT = textwrap.dedent(
                 assert ids == list(range(50)), ids
                 names = await (await conn.stream_scalars(sa.select(table.c.name))).all()
                 assert len(names) == 50
+            async with engine.begin() as conn:
+                await conn.run_sync(metadata.drop_all)
         finally:
             await engine.dispose()
 
@@ -70,6 +76,25 @@ def test_core_round_trip_with_greenlet_blocked(backend: str, tmp_path: Path) -> 
     url = f"sqlite:///{tmp_path / 'nogreenlet.db'}"
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT, backend, url],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"ROUND TRIP OK {backend}" in proc.stdout
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_asyncpg_round_trip_with_greenlet_blocked(backend: str, tmp_path: Path) -> None:
+    """asyncpg runs natively on asyncio (and maps to psycopg on trio), without greenlet."""
+    if not _selected("postgresql+asyncpg"):
+        pytest.skip("PostgreSQL not selected")
+    pytest.importorskip("asyncpg")
+    url = sa.make_url(url_for("postgresql+psycopg", tmp_path)).set(drivername="postgresql+asyncpg")
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, backend, url.render_as_string(hide_password=False)],
         env=subprocess_env(),
         capture_output=True,
         text=True,

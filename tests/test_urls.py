@@ -1,4 +1,8 @@
-"""URLs written for the official extension (async drivers) map to sync drivers."""
+"""URLs written for the official extension (async drivers) map to sync drivers.
+
+The drivers that can run natively on asyncio (see test_async_drivers) are
+mapped when asked with ``async_driver="sync"``, and under trio.
+"""
 
 from __future__ import annotations
 
@@ -111,12 +115,14 @@ def test_sync_url_logs_nothing(
 )
 def test_async_drivers_map_to_sync_ones(async_url: str, sync_drivername: str) -> None:
     """Creating the engine connects to nothing: the mapping alone is checked."""
-    engine = create_async_engine(async_url)
+    engine = create_async_engine(async_url, async_driver="sync")
     assert engine.url.drivername == sync_drivername
     assert engine.driver == sync_drivername.split("+")[1]
     expected = sa.make_url(async_url).set(drivername=sync_drivername)
     assert engine.url == expected  # host, credentials, database kept
     assert create_async_pool_from_url(sa.make_url(async_url)) is not None
+    if async_url.startswith("sqlite"):  # always mapped, whatever the option says
+        assert create_async_engine(async_url).url.drivername == sync_drivername
 
 
 # Which async URL maps to each server driver of the db fixtures, and which
@@ -136,7 +142,7 @@ async def test_async_server_url_queries(server_url: str, monkeypatch: pytest.Mon
     monkeypatch.setattr(
         _urls, "_installed", lambda module: module not in hidden and installed(module)
     )
-    engine = create_async_engine(sync_url.set(drivername=async_drivername))
+    engine = create_async_engine(sync_url.set(drivername=async_drivername), async_driver="sync")
     try:
         assert engine.url.drivername == sync_url.drivername
         assert engine.driver == sync_url.get_driver_name()
@@ -164,14 +170,14 @@ def test_missing_sync_driver_names_what_to_install(
 ) -> None:
     monkeypatch.setattr(_urls, "_installed", lambda module: False)
     with pytest.raises(sa.exc.ArgumentError) as info:
-        create_async_engine(async_url)
+        create_async_engine(async_url, async_driver="sync")
     message = str(info.value)
     assert "pip install" in message
     for requirement in requirements:
         assert repr(requirement) in message
     assert sa.make_url(async_url).drivername in message
     with pytest.raises(sa.exc.ArgumentError):
-        create_async_pool_from_url(async_url)
+        create_async_pool_from_url(async_url, async_driver="sync")
 
 
 def test_unknown_driver_is_sqlalchemys_error() -> None:

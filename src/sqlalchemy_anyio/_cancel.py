@@ -18,7 +18,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
-from . import _fork
+from . import _async_drivers, _fork
 
 if TYPE_CHECKING:
     from ._bridge import Worker
@@ -71,12 +71,66 @@ def _mysql(conn: Connection, raw: Any, timeout: float) -> None:
         side.close()
 
 
+def _remember_native_mysql_id(dbapi_connection: Any, connection_record: Any) -> None:
+    """Like :func:`_remember_mysql_id` for aiomysql and asyncmy (whose adapted
+    connections take no attributes): the id goes in the record's ``info``."""
+    connection_record.info[_MYSQL_ID] = dbapi_connection.driver_connection.thread_id()
+
+
+def _info(conn: Connection) -> dict[str, Any]:
+    fairy = conn._dbapi_connection
+    return fairy.info if fairy is not None else {}
+
+
+def _asyncpg(conn: Connection, raw: Any, timeout: float) -> None:
+    """A CancelRequest for the connection's server process, sent the way
+    asyncpg sends it: the statement fails with QueryCanceledError and the
+    adapter's transaction bookkeeping stays right (cancelling the coroutine
+    would also interrupt a COMMIT or BEGIN midway)."""
+    info = _info(conn)
+    loop = _async_drivers.owner_loop(info)
+    if loop is None:
+        return
+    with _async_drivers.on_loop(loop):
+        if not _async_drivers.asyncpg_server_cancel(raw.driver_connection, timeout):
+            _async_drivers.interrupt(info)  # asyncpg's internals moved: cancel the coroutine
+
+
+def _psycopg_async(conn: Connection, raw: Any, timeout: float) -> None:
+    """psycopg's server-side cancel, run on the connection's event loop."""
+    loop = _async_drivers.owner_loop(_info(conn))
+    if loop is not None:
+        with _async_drivers.on_loop(loop):
+            _async_drivers.run_on_loop(raw.driver_connection.cancel_safe(timeout=timeout))
+
+
+def _native_mysql(conn: Connection, raw: Any, timeout: float) -> None:
+    """``KILL QUERY`` as for the sync MySQL drivers: cancelling an aiomysql or
+    asyncmy coroutine mid-reply would leave its connection unusable."""
+    info = _info(conn)
+    thread_id, loop = info.get(_MYSQL_ID), _async_drivers.owner_loop(info)
+    if thread_id is None or loop is None:
+        return
+    with _async_drivers.on_loop(loop):
+        side = conn.engine.pool._invoke_creator(None)  # type: ignore[arg-type]
+        try:
+            cursor = side.cursor()
+            cursor.execute(f"KILL QUERY {int(thread_id)}")
+            cursor.close()
+        finally:
+            side.close()
+
+
 _BY_DRIVER: dict[str, Callable[[Connection, Any, float], None]] = {
     "pysqlite": _sqlite,
     "psycopg": _psycopg,
     "psycopg2": _psycopg2,
     "pymysql": _mysql,
     "mysqldb": _mysql,
+    "asyncpg": _asyncpg,
+    "psycopg_async": _psycopg_async,
+    "aiomysql": _native_mysql,
+    "asyncmy": _native_mysql,
 }
 
 
@@ -85,7 +139,8 @@ def interrupter_for(conn: Connection, timeout: float) -> Optional[Callable[[], N
 
     ``timeout`` bounds the drivers' own waits where they take one.
     """
-    interrupt = _BY_DRIVER.get(conn.dialect.driver)
+    dialect = conn.dialect
+    interrupt = _BY_DRIVER.get(getattr(dialect, "native_driver", None) or dialect.driver)
     if interrupt is None:
         return None
 
@@ -188,13 +243,17 @@ def _reset_after_fork() -> None:
 
 def install_engine(engine: Engine) -> None:
     """Register the hooks a driver's interrupter needs (once per engine)."""
-    if engine.dialect.driver not in ("pymysql", "mysqldb"):
+    driver = getattr(engine.dialect, "native_driver", None) or engine.dialect.driver
+    if driver not in ("pymysql", "mysqldb", "aiomysql", "asyncmy"):
         return
     with _installed_lock:
         if engine in _installed:
             return
         _installed.add(engine)
-    event.listen(engine, "connect", _remember_mysql_id)
+    if driver in ("aiomysql", "asyncmy"):
+        event.listen(engine, "connect", _remember_native_mysql_id)
+    else:
+        event.listen(engine, "connect", _remember_mysql_id)
 
 
 def arm(worker: Worker, conn: Connection) -> None:

@@ -31,9 +31,9 @@ from sqlalchemy import util as sa_util
 from sqlalchemy.engine import Connection, Engine, Result, Transaction
 from sqlalchemy.engine import create_engine as _create_engine
 from sqlalchemy.engine import create_pool_from_url as _create_pool_from_url
-from sqlalchemy.engine.url import URL
+from sqlalchemy.engine.url import URL, make_url
 
-from . import _cancel, _chunk, _fork, _guard
+from . import _async_drivers, _cancel, _chunk, _fork, _guard
 from . import exc as async_exc
 from ._base import (
     ProxyComparable,
@@ -70,11 +70,13 @@ _STREAM_OPTIONS = sa_util.immutabledict({"stream_results": True})
 
 
 def create_async_engine(url: Union[str, URL], **kw: Any) -> AsyncEngine:
-    """Create an :class:`AsyncEngine` over a synchronous driver.
+    """Create an :class:`AsyncEngine`.
 
-    Takes the arguments of :func:`sqlalchemy.create_engine`.  A URL naming
-    an async driver (``+aiosqlite``, ``+asyncpg``, ...) is mapped to its
-    synchronous counterpart.
+    Takes the arguments of :func:`sqlalchemy.create_engine`.  On asyncio, a
+    URL naming asyncpg, psycopg_async, aiomysql or asyncmy runs that driver
+    on the event loop (``async_driver="sync"`` asks for its synchronous
+    counterpart instead); other async drivers (``+aiosqlite``), and all of
+    them under trio, are mapped to their synchronous counterpart.
     """
     if kw.get("server_side_cursors", False):
         raise async_exc.AsyncMethodRequired(
@@ -82,18 +84,26 @@ def create_async_engine(url: Union[str, URL], **kw: Any) -> AsyncEngine:
             "use the connection.stream() method for an async "
             "streaming result set"
         )
-    if kw.pop("async_creator", None) is not None:
-        raise exc.ArgumentError(
-            "async_creator is not supported: sqlalchemy_anyio runs synchronous "
-            "drivers, so pass creator= with a function returning a synchronous "
-            "DBAPI connection instead."
-        )
     kw.pop("_is_async", None)
     cancel_timeout = _cancel_timeout(kw.pop("cancel_timeout", None))
-    sync_url = to_sync_url(url)
-    _sqlite_defaults(sync_url, kw)
-    _worker_pool_default(sync_url, kw)
-    engine = AsyncEngine(_create_engine(sync_url, **kw))
+    given = make_url(url)
+    native = _async_drivers.native_url(given, kw.pop("async_driver", None))
+    async_creator = kw.pop("async_creator", None)
+    if async_creator is not None and native is None:
+        raise exc.ArgumentError(
+            "async_creator needs an async driver run natively (an asyncpg, psycopg_async, "
+            "aiomysql or asyncmy URL, on asyncio); for a synchronous driver pass creator= "
+            "with a function returning a synchronous DBAPI connection instead."
+        )
+    if native is not None:
+        _worker_pool_default(native, kw)
+        sync_engine = _async_drivers.make_engine(given, native, _create_engine, kw, async_creator)
+    else:
+        sync_url = to_sync_url(given)
+        _sqlite_defaults(sync_url, kw)
+        _worker_pool_default(sync_url, kw)
+        sync_engine = _create_engine(sync_url, **kw)
+    engine = AsyncEngine(sync_engine)
     if cancel_timeout is not None:
         workers_for(engine.sync_engine).cancel_timeout = cancel_timeout
     return engine
@@ -132,9 +142,15 @@ def async_engine_from_config(
 
 
 def create_async_pool_from_url(url: Union[str, URL], **kwargs: Any) -> sa_pool.Pool:
-    """Create a connection pool for the (synchronous counterpart of the) URL."""
+    """Create a connection pool for the URL, choosing its driver as
+    :func:`create_async_engine` does (``async_driver=`` included)."""
     kwargs.pop("_is_async", None)
-    sync_url = to_sync_url(url)
+    given = make_url(url)
+    native = _async_drivers.native_url(given, kwargs.pop("async_driver", None))
+    if native is not None:
+        _worker_pool_default(native, kwargs)
+        return _create_pool_from_url(native, **kwargs)
+    sync_url = to_sync_url(given)
     _sqlite_defaults(sync_url, kwargs)
     _worker_pool_default(sync_url, kwargs)
     return _create_pool_from_url(sync_url, **kwargs)

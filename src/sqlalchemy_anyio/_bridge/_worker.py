@@ -110,6 +110,11 @@ class Worker:
         #: Calls left before the loop tries spinning again, and the back-off
         #: after a spin that missed (the calls here take longer than the budget).
         self._spin_skip = self._spin_backoff = 0
+        #: The asyncio loop of the latest call (None on trio): async drivers
+        #: run their coroutines there (see ``_async_drivers``), and then the
+        #: loop must not spin waiting for this worker.
+        self.loop: Any = None
+        self.loop_spin = True
         #: Kept up to date by the pool at each check-in (see ``_pool``).
         self.owned = Owned()
         # The thread must not keep the worker alive (only the channel): an
@@ -216,6 +221,7 @@ class Worker:
         on_cancel: str,
         cleanup: Optional[Callable[[Any], object]] = None,
     ) -> Any:
+        self.loop = _impl._get_running_loop()
         # The Call lets the job reach this loop (anyio.from_thread, await_).
         _reentry.refuse_if_serving(self.ident)
         call = _reentry.Call(fn)
@@ -226,7 +232,7 @@ class Worker:
         try:
             if self._spin_skip:
                 self._spin_skip -= 1
-            elif not in_flight and _impl.LOOP_SPIN and _impl.loop_is_idle():
+            elif not in_flight and self.loop_spin and _impl.LOOP_SPIN and _impl.loop_is_idle():
                 # Nothing else of ours is under way and nothing else is ready
                 # to run: wait for this call without going through the loop.
                 if job.spin_wait(_impl.LOOP_SPIN):
