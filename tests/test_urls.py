@@ -76,7 +76,7 @@ def test_mapping_warns_with_logging_configured_away(fresh_warnings: None) -> Non
     try:
         with pytest.warns(exc.DriverMappedWarning, match="postgresql\\+asyncpg"):
             engine = async_engine_from_config(
-                {"sqlalchemy.url": "postgresql+asyncpg://u@db.invalid/t"}
+                {"sqlalchemy.url": "postgresql+asyncpg://u@db.invalid/t"}, async_driver="sync"
             )
         assert engine.url.drivername == "postgresql+psycopg"
     finally:
@@ -87,7 +87,7 @@ def test_mapping_warning_can_be_silenced(fresh_warnings: None) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         warnings.filterwarnings("ignore", category=exc.DriverMappedWarning)
-        engine = create_async_engine("mysql+aiomysql://u@db.invalid/t")
+        engine = create_async_engine("mysql+aiomysql://u@db.invalid/t", async_driver="sync")
     assert engine.url.drivername == "mysql+pymysql"
     assert issubclass(exc.DriverMappedWarning, UserWarning)
 
