@@ -62,6 +62,11 @@ def _mysql(conn: Connection, raw: Any, timeout: float) -> None:
     thread_id = getattr(raw, _MYSQL_ID, None)
     if thread_id is None:
         return
+    _kill_query(conn, thread_id)
+
+
+def _kill_query(conn: Connection, thread_id: Any) -> None:
+    """``KILL QUERY`` on a side connection made by the engine's own connect path."""
     side = conn.engine.pool._invoke_creator(None)  # type: ignore[arg-type]
     try:
         cursor = side.cursor()
@@ -112,13 +117,7 @@ def _native_mysql(conn: Connection, raw: Any, timeout: float) -> None:
     if thread_id is None or loop is None:
         return
     with _async_drivers.on_loop(loop):
-        side = conn.engine.pool._invoke_creator(None)  # type: ignore[arg-type]
-        try:
-            cursor = side.cursor()
-            cursor.execute(f"KILL QUERY {int(thread_id)}")
-            cursor.close()
-        finally:
-            side.close()
+        _kill_query(conn, thread_id)
 
 
 _BY_DRIVER: dict[str, Callable[[Connection, Any, float], None]] = {
