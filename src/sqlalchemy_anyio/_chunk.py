@@ -46,14 +46,18 @@ def switch_point() -> None:
 
 
 def fetch_rows(fetchmany: Callable[[int], Sequence[Any]]) -> List[Any]:
-    """All remaining rows, ``CHUNK_ROWS`` per ``fetchmany`` call, switching between calls."""
+    """All remaining rows, ``CHUNK_ROWS`` per ``fetchmany`` call, switching after
+    each full chunk.  A small result makes no switch: ``time.sleep(0)`` is a
+    system call that can cost a context switch, several times the whole
+    statement on a local database."""
     rows: List[Any] = []
     while True:
         part = fetchmany(CHUNK_ROWS)
         if not part:
             return rows
         rows.extend(part)
-        switch_point()
+        if len(part) >= CHUNK_ROWS:
+            switch_point()
 
 
 def fetch_cursor_rows(result: Any, cursor: Any) -> List[Any]:
