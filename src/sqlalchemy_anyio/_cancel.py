@@ -120,6 +120,11 @@ def _native_mysql(conn: Connection, raw: Any, timeout: float) -> None:
         _kill_query(conn, thread_id)
 
 
+def _driver(dialect: Any) -> str:
+    """The driver actually run: a native async driver's own name, else the dialect's."""
+    return getattr(dialect, "native_driver", None) or dialect.driver  # type: ignore[no-any-return]
+
+
 _BY_DRIVER: dict[str, Callable[[Connection, Any, float], None]] = {
     "pysqlite": _sqlite,
     "psycopg": _psycopg,
@@ -138,8 +143,7 @@ def interrupter_for(conn: Connection, timeout: float) -> Optional[Callable[[], N
 
     ``timeout`` bounds the drivers' own waits where they take one.
     """
-    dialect = conn.dialect
-    interrupt = _BY_DRIVER.get(getattr(dialect, "native_driver", None) or dialect.driver)
+    interrupt = _BY_DRIVER.get(_driver(conn.dialect))
     if interrupt is None:
         return None
 
@@ -156,15 +160,10 @@ def session_interrupter(sync_session: Session, timeout: float) -> Callable[[], N
     """Interrupt whatever statement the session's connections are running."""
 
     def interrupt() -> None:
-        trans = sync_session.get_transaction()
-        if trans is None:
-            return
-        for entry in list(trans._connections.values()):
-            conn = entry[0]
-            if isinstance(conn, Connection):
-                interrupter = interrupter_for(conn, timeout)
-                if interrupter is not None:
-                    interrupter()
+        for conn in _session_connections(sync_session):
+            interrupter = interrupter_for(conn, timeout)
+            if interrupter is not None:
+                interrupter()
 
     return interrupt
 
@@ -177,15 +176,19 @@ def _close_streams(worker: Worker) -> None:
             log.debug("closing a stream after cancellation failed", exc_info=True)
 
 
-def _invalidate_session(session: Session) -> None:
-    """Invalidate the connections of a session whose call did not settle."""
+def _session_connections(session: Session) -> list[Connection]:
+    """The Core connections the session's transaction holds right now."""
     trans = session.get_transaction()
     if trans is None:
-        return
-    for entry in list(trans._connections.values()):
-        conn = entry[0]
-        if isinstance(conn, Connection) and not conn.closed and not conn.invalidated:
-            conn.invalidate()
+        return []
+    entries = list(trans._connections.values())
+    return [entry[0] for entry in entries if isinstance(entry[0], Connection)]
+
+
+def _invalidate_session(session: Session) -> None:
+    """Invalidate the connections of a session whose call did not settle."""
+    for conn in _session_connections(session):
+        _invalidate_connection(conn)
 
 
 def _invalidate_connection(conn: Connection) -> None:
@@ -242,7 +245,7 @@ def _reset_after_fork() -> None:
 
 def install_engine(engine: Engine) -> None:
     """Register the hooks a driver's interrupter needs (once per engine)."""
-    driver = getattr(engine.dialect, "native_driver", None) or engine.dialect.driver
+    driver = _driver(engine.dialect)
     if driver not in ("pymysql", "mysqldb", "aiomysql", "asyncmy"):
         return
     with _installed_lock:

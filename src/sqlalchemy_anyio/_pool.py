@@ -161,7 +161,7 @@ class WorkerQueuePool(QueuePool):
         idle, up to ``pool_size`` of them, and beyond that its connection is
         closed (on its thread) and the thread ends.
         """
-        worker.interrupter = worker.recover = worker.invalidate = None
+        worker.disarm()
         worker.take_streams()
         grant = handed = None
         with self._lock:

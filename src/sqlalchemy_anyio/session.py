@@ -274,7 +274,7 @@ class AsyncSession(ReversibleProxy[Session]):
             self._finalizer.detach()
             self._finalizer = None
         if lease.exclusive:
-            lease.worker.interrupter = lease.worker.recover = lease.worker.invalidate = None
+            lease.worker.disarm()
         lease.release()
 
     async def _call(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:

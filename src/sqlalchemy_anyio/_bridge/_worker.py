@@ -322,6 +322,10 @@ class Worker:
         self._streams_lock = threading.Lock()
         self._streams = []
 
+    def disarm(self) -> None:
+        """Forget what the last lessee set up for its cancellations."""
+        self.interrupter = self.recover = self.invalidate = None
+
     def write_off(self) -> None:
         """Never hand this worker out again; its connection is invalidated
         once whatever it is stuck in returns."""
@@ -461,7 +465,7 @@ class WorkerPool:
 
     def release(self, worker: Worker) -> None:
         """Give a worker back; any thread, any loop.  Never blocks."""
-        worker.interrupter = worker.recover = worker.invalidate = None
+        worker.disarm()
         worker.take_streams()
         with self._lock:
             if not worker.broken and worker.generation == self._generation:
