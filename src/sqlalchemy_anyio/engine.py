@@ -15,6 +15,7 @@ from typing import (
     Any,
     AsyncGenerator,
     AsyncIterator,
+    Awaitable,
     Callable,
     Dict,
     Generator,
@@ -40,7 +41,14 @@ from ._base import (
     StartableContext,
     asyncstartablecontext,
 )
-from ._bridge import CANCEL_TIMEOUT, SharedWorkerPool, Worker, WorkerPool, give_back_later
+from ._bridge import (
+    CANCEL_TIMEOUT,
+    SharedWorkerPool,
+    Worker,
+    WorkerPool,
+    bound_seconds,
+    give_back_later,
+)
 from ._buffer import buffer_result
 from ._pool import WorkerQueuePool
 from ._urls import to_sync_url
@@ -113,11 +121,8 @@ def _cancel_timeout(value: Any) -> Optional[float]:
     """The ``cancel_timeout=`` engine option: seconds, above 0 (None: the default)."""
     if value is None:
         return None
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = -1.0
-    if not 0 < seconds <= 86400:
+    seconds = bound_seconds(value)
+    if seconds is None:
         raise exc.ArgumentError(
             f"cancel_timeout must be a number of seconds above 0, not {value!r}: it bounds "
             "how long a cancelled call waits for its statement, interrupt and recovery."
@@ -373,7 +378,7 @@ class AsyncEngine(ProxyComparable[Engine], AsyncConnectable):
                 await worker.call_shielded(self.sync_engine.dispose, close=close)
             finally:
                 workers.release(worker)
-                await _dispose_workers(workers, bound)
+                await _shielded_within(bound, workers.dispose)
         else:
             # A short-lived thread of its own: dispose() waits for the idle
             # workers to close their connections, and leased ones may be busy.
@@ -382,11 +387,9 @@ class AsyncEngine(ProxyComparable[Engine], AsyncConnectable):
                 await worker.call_shielded(self.sync_engine.dispose, close=close)
             finally:
                 worker.stop()
-                with anyio.CancelScope(shield=True) as scope:
-                    scope.deadline = anyio.current_time() + bound
-                    await worker.wait_stopped()
+                await _shielded_within(bound, worker.wait_stopped)
                 if not isinstance(workers, WorkerQueuePool):
-                    await _dispose_workers(workers, bound)
+                    await _shielded_within(bound, workers.dispose)
 
     def clear_compiled_cache(self) -> None:
         """Clear the compiled cache associated with the dialect."""
@@ -798,12 +801,13 @@ def _close_quietly(connection: Connection) -> None:
     connection.close()
 
 
-async def _dispose_workers(workers: WorkerPool | SharedWorkerPool, bound: float) -> None:
-    """End the idle workers even if the caller is cancelled: their stop is
-    sent at once; waiting for their threads is bounded by ``bound``."""
+async def _shielded_within(bound: float, wait: Callable[[], Awaitable[Any]]) -> None:
+    """``await wait()`` even if the caller is cancelled, for ``bound`` seconds
+    at most (ending idle workers: their stop is sent at once; only waiting
+    for their threads is bounded)."""
     with anyio.CancelScope(shield=True) as scope:
         scope.deadline = anyio.current_time() + bound
-        await workers.dispose()
+        await wait()
 
 
 def _abandoned(worker: Worker, connection: Connection) -> None:

@@ -6,11 +6,19 @@ hand-off is done (C accelerator or pure Python, asyncio or trio) stays here.
 
 from ._impl import ACCELERATED
 from ._shared import SharedWorkerPool
-from ._worker import CANCEL_TIMEOUT, Worker, WorkerPool, current_worker, give_back_later
+from ._worker import (
+    CANCEL_TIMEOUT,
+    Worker,
+    WorkerPool,
+    bound_seconds,
+    current_worker,
+    give_back_later,
+)
 
 __all__ = [
     "ACCELERATED",
     "CANCEL_TIMEOUT",
+    "bound_seconds",
     "SharedWorkerPool",
     "Worker",
     "WorkerPool",

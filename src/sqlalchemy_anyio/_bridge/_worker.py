@@ -28,13 +28,19 @@ _local = threading.local()
 _names = itertools.count(1)
 
 
+def bound_seconds(value: Any) -> Optional[float]:
+    """``value`` as a cancellation bound: seconds above 0 (a day at most), else None."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return seconds if 0 < seconds <= 86400 else None
+
+
 def _seconds(name: str, default: float) -> float:
     raw = os.environ.get(name, "")
-    try:
-        value = float(raw) if raw.strip() else default
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= 86400:
+    value = bound_seconds(raw) if raw.strip() else default
+    if value is None:
         raise ValueError(f"{name} must be a number of seconds above 0, not {raw!r}")
     return value
 
