@@ -68,6 +68,7 @@ class AsyncSession(_AsyncSession):
             bind_arguments=bind_arguments,
             _parent_execute_state=_parent_execute_state,
             _add_event=_add_event,
+            **kw,
         )
 
     async def exec(
