@@ -230,13 +230,17 @@ class AsyncSession(ReversibleProxy[Session]):
         roots = {candidate.engine for candidate in binds}
         return roots.pop() if len(roots) == 1 else None
 
-    async def _acquire(self) -> _Lease:
-        """Lease a worker: the bind engine's (with its connection), or a spare one."""
+    async def _after_pending_end(self) -> None:
+        """Wait for a close queued on the last worker and not awaited (see _end)."""
         pending = self._pending_end
         if pending is not None:
             if not pending.done:
                 await _impl.wait(pending)
             self._pending_end = None
+
+    async def _acquire(self) -> _Lease:
+        """Lease a worker: the bind engine's (with its connection), or a spare one."""
+        await self._after_pending_end()
         sync = self.sync_session
         bind = self._lease_bind()
         if isinstance(bind, Connection):
@@ -302,9 +306,7 @@ class AsyncSession(ReversibleProxy[Session]):
         When others wait for a connection, ``fn`` is queued on the worker and
         the worker handed on at once: the next lessee's calls run after it.
         """
-        pending = self._pending_end
-        if pending is not None and not pending.done:
-            await _impl.wait(pending)
+        await self._after_pending_end()
         lease = self._lease
         if lease is not None and not on_worker and lease.owned and lease.worker.in_demand():
             self._pending_end = lease.worker.submit_quietly("closing an AsyncSession", fn)
