@@ -13,8 +13,18 @@ the implementations interleaved round by round.  Reported per run: requests
 per second over a measured window after a warm-up, new DBAPI connections
 opened during the window (a ``connect`` event listener), voluntary and
 involuntary context switches and CPU seconds per request (``getrusage`` of
-the whole process, all threads), p50/p99 latency.  ``sync`` is plain
+the whole process, all threads), the database server's CPU per request (its
+processes in ``/proc``, when it runs on this machine), the share of the
+machine's CPU left idle, and p50/p99 latency.  Client plus server CPU per
+request against the cores the machine has is the ceiling of a run: see
+docs/bridge.md.  ``sync`` is plain
 SQLAlchemy with one thread per task on the same pool (a threaded server).
+``floor`` is the same with one thread: what a request costs the synchronous
+driver and SQLAlchemy with no concurrency at all, the least any design that
+runs them on threads can spend per request.  ``anyio-cdriver`` is
+sqlalchemy_anyio on psycopg2 and mysqlclient instead of psycopg 3 and PyMySQL.
+Under each table, the GIL ceiling: the most any design that runs these
+synchronous drivers on threads can serve (see ``ceiling``).
 """
 
 from __future__ import annotations
@@ -36,7 +46,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 HERE = os.path.dirname(os.path.abspath(__file__))
 ITEMS = 1000
 WORKLOADS = ["read", "write"]
-IMPLS = ["sync", "official", "anyio-C", "anyio-py", "anyio-native"]
+IMPLS = ["sync", "official", "anyio-C", "anyio-py", "anyio-native", "anyio-cdriver", "floor"]
 BACKENDS = ["asyncio", "uvloop", "trio"]
 DEFAULT_URLS = {
     "sqlite": None,  # a file in a temporary directory
@@ -48,7 +58,38 @@ DRIVERS = {
     "postgresql": {"sync": "postgresql+psycopg", "official": "postgresql+asyncpg"},
     "mysql": {"sync": "mysql+pymysql", "official": "mysql+aiomysql"},
 }
+#: ``anyio-cdriver``: sqlalchemy_anyio on the drivers written in C (psycopg2,
+#: mysqlclient) instead of the ones the official extension's URLs map to.
+C_DRIVERS = {"postgresql": "postgresql+psycopg2", "mysql": "mysql+mysqldb"}
+SERVER_PROCESSES = ("postgres", "mariadbd", "mysqld")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 now = time.perf_counter
+
+
+def server_cpu_seconds() -> float:
+    """CPU seconds used so far by the database server's processes on this machine."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue  # ended between listdir and open
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        if name.startswith(SERVER_PROCESSES):
+            fields = stat[stat.rindex(")") + 2 :].split()
+            # utime, stime, and the same for children already reaped (ended backends)
+            total += sum(int(v) for v in fields[11:15])
+    return total / CLOCK_TICKS
+
+
+def machine_idle_ticks() -> tuple:
+    """(idle, total) clock ticks of all CPUs since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    return values[3] + values[4], sum(values)  # idle + iowait
 
 
 class Base(DeclarativeBase):
@@ -64,7 +105,10 @@ class Item(Base):
 
 def url_for(base: str, kind: str, impl: str) -> str:
     """``anyio-native``: sqlalchemy_anyio on the async driver's URL (run natively)."""
-    driver = DRIVERS[kind]["official" if impl in ("official", "anyio-native") else "sync"]
+    if impl == "anyio-cdriver":
+        driver = C_DRIVERS[kind]
+    else:
+        driver = DRIVERS[kind]["official" if impl in ("official", "anyio-native") else "sync"]
     return sa.make_url(base).set(drivername=driver).render_as_string(hide_password=False)
 
 
@@ -119,6 +163,9 @@ class Meter:
 
     def snapshot(self) -> Dict[str, float]:
         ru = resource.getrusage(resource.RUSAGE_SELF)
+        here = resource.getrusage(resource.RUSAGE_THREAD)  # the event loop's thread
+        server = server_cpu_seconds()
+        idle, total = machine_idle_ticks()
         with self._lock:
             return {
                 "t": now(),
@@ -128,6 +175,10 @@ class Meter:
                 "ivcsw": ru.ru_nivcsw,
                 "utime": ru.ru_utime,
                 "stime": ru.ru_stime,
+                "thread_utime": here.ru_utime,
+                "server": server,
+                "idle": idle,
+                "ticks": total,
             }
 
 
@@ -150,6 +201,11 @@ def summarize(meter: Meter, a: Dict[str, float], b: Dict[str, float]) -> Dict[st
         "ivcsw_per_req": (b["ivcsw"] - a["ivcsw"]) / per,
         "cpu_us_per_req": (b["utime"] - a["utime"] + b["stime"] - a["stime"]) / per * 1e6,
         "sys_us_per_req": (b["stime"] - a["stime"]) / per * 1e6,
+        "user_us_per_req": (b["utime"] - a["utime"]) / per * 1e6,
+        # the thread that took the snapshots: the event loop's, in async runs
+        "loop_user_us_per_req": (b["thread_utime"] - a["thread_utime"]) / per * 1e6,
+        "server_cpu_us_per_req": (b["server"] - a["server"]) / per * 1e6,
+        "machine_idle": (b["idle"] - a["idle"]) / max(b["ticks"] - a["ticks"], 1),
         "p50_ms": pct(0.50),
         "p99_ms": pct(0.99),
         "threads_end": threading.active_count(),
@@ -246,8 +302,10 @@ def run_async(spec: Dict[str, Any]) -> Dict[str, Any]:
 def child_main(spec: Dict[str, Any]) -> None:
     if spec["impl"] == "anyio-py":
         os.environ["SQLALCHEMY_ANYIO_NO_CEXT"] = "1"
+    if spec["impl"] == "floor":
+        spec = dict(spec, tasks=1)
     try:
-        out = run_sync(spec) if spec["impl"] == "sync" else run_async(spec)
+        out = run_sync(spec) if spec["impl"] in ("sync", "floor") else run_async(spec)
     except Exception as exc:  # noqa: BLE001 - reported in the table
         out = {"error": f"{type(exc).__name__}: {exc}"[:400]}
     print(json.dumps(out), flush=True)
@@ -278,13 +336,15 @@ def label(impl: str, backend: Optional[str]) -> str:
 def plan(impls: List[str], backends: List[str], kind: str) -> List[tuple]:
     out: List[tuple] = []
     for impl in impls:
-        if impl == "sync":
+        if impl in ("sync", "floor"):
             out.append((impl, None))
             continue
         for backend in backends:
             if impl == "official" and backend == "trio":
                 continue
             if impl == "anyio-native" and (backend == "trio" or kind == "sqlite"):
+                continue
+            if impl == "anyio-cdriver" and kind == "sqlite":
                 continue
             out.append((impl, backend))
     return out
@@ -301,6 +361,31 @@ def pick(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
     return med
 
 
+def ceiling(rows: Dict[str, Any]) -> List[str]:
+    """What the GIL allows any design that runs the synchronous driver on threads.
+
+    Python runs on one thread at a time.  Per request the driver and
+    SQLAlchemy need the ``floor`` run's user CPU (one thread, nothing else
+    running) and the event loop's thread its own share for the task (from
+    our asyncio run); neither can overlap the other, so no such design
+    serves more than one request per their sum, even with hand-overs
+    between threads that cost nothing.
+    """
+    official, floor, ours = (
+        rows.get(name, {}) for name in ("official/asyncio", "floor", "anyio-C/asyncio")
+    )
+    if not all("rps" in r for r in (official, floor, ours)):
+        return []
+    serial = floor["user_us_per_req"] + ours["loop_user_us_per_req"]
+    return [
+        f"GIL ceiling: {floor['user_us_per_req']:.0f} µs of Python per request in the driver "
+        f"and SQLAlchemy (floor) + {ours['loop_user_us_per_req']:.0f} µs on the loop's thread "
+        f"(ours) = {serial:.0f} µs that cannot overlap: at most {1e6 / serial:.0f} req/s, "
+        f"{1e6 / serial / official['rps']:.2f}x the official extension, if the "
+        f"{ours['vcsw_per_req']:.0f} hand-overs per request we measure cost nothing"
+    ]
+
+
 def render(results: Dict[str, Any]) -> str:
     lines = []
     for kind, by_workload in results.items():
@@ -308,12 +393,12 @@ def render(results: Dict[str, Any]) -> str:
             lines.append(f"\n{kind} / {workload}  (median of rounds by req/s; spread in brackets)")
             lines.append(
                 "| impl | req/s | x official (same loop) | new conns | vcsw/req | ivcsw/req "
-                "| CPU µs/req | p50 ms | p99 ms | rounds req/s |"
+                "| CPU µs/req | server CPU µs/req | idle | p50 ms | p99 ms | rounds req/s |"
             )
-            lines.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+            lines.append("| --- " * 12 + "|")
             for name, rec in rows.items():
                 if "rps" not in rec:
-                    lines.append(f"| {name} | {rec.get('error', '?')} |" + " |" * 8)
+                    lines.append(f"| {name} | {rec.get('error', '?')} |" + " |" * 10)
                     continue
                 backend = name.split("/")[1] if "/" in name else None
                 base_loop = backend if backend in ("asyncio", "uvloop") else "asyncio"
@@ -323,9 +408,11 @@ def render(results: Dict[str, Any]) -> str:
                 lines.append(
                     f"| {name} | {rec['rps']:.0f} | {ratio} | {rec['new_connections']} "
                     f"| {rec['vcsw_per_req']:.1f} | {rec['ivcsw_per_req']:.1f} "
-                    f"| {rec['cpu_us_per_req']:.0f} | {rec['p50_ms']:.1f} | {rec['p99_ms']:.1f} "
-                    f"| {spread} |"
+                    f"| {rec['cpu_us_per_req']:.0f} | {rec.get('server_cpu_us_per_req', 0):.0f} "
+                    f"| {rec.get('machine_idle', 0):.0%} | {rec['p50_ms']:.1f} "
+                    f"| {rec['p99_ms']:.1f} | {spread} |"
                 )
+            lines.extend(ceiling(rows))
     return "\n".join(lines)
 
 
@@ -408,7 +495,13 @@ def main() -> int:
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(
-            {"config": vars(args), "load_average_end": os.getloadavg(), "runs": raw}, f, indent=1
+            {
+                "config": vars(args),
+                "load_average_end": os.getloadavg(),
+                "runs": raw,
+            },
+            f,
+            indent=1,
         )
     print(f"\njson: {os.path.relpath(args.json)}")
     return 0
