@@ -34,11 +34,13 @@ import json
 import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -62,6 +64,7 @@ DRIVERS = {
 #: mysqlclient) instead of the ones the official extension's URLs map to.
 C_DRIVERS = {"postgresql": "postgresql+psycopg2", "mysql": "mysql+mysqldb"}
 SERVER_PROCESSES = ("postgres", "mariadbd", "mysqld")
+MEASURING = "-- measuring --"  # a child's cue: its measured window starts now
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 now = time.perf_counter
 
@@ -85,7 +88,7 @@ def server_cpu_seconds() -> float:
     return total / CLOCK_TICKS
 
 
-def machine_idle_ticks() -> tuple:
+def machine_idle_ticks() -> Tuple[int, int]:
     """(idle, total) clock ticks of all CPUs since boot, from /proc/stat."""
     with open("/proc/stat") as f:
         values = [int(v) for v in f.readline().split()[1:]]
@@ -237,6 +240,7 @@ def run_sync(spec: Dict[str, Any]) -> Dict[str, Any]:
     time.sleep(spec["warmup"])
     a = meter.snapshot()
     meter.measuring = True
+    print(MEASURING, flush=True)
     time.sleep(spec["seconds"])
     b = meter.snapshot()
     meter.stop = True
@@ -283,6 +287,7 @@ def run_async(spec: Dict[str, Any]) -> Dict[str, Any]:
             await anyio.sleep(spec["warmup"])
             a = meter.snapshot()
             meter.measuring = True
+            print(MEASURING, flush=True)
             await anyio.sleep(spec["seconds"])
             b = meter.snapshot()
             meter.stop = True
@@ -312,17 +317,81 @@ def child_main(spec: Dict[str, Any]) -> None:
     os._exit(0)
 
 
-def run_child(spec: Dict[str, Any], timeout: float) -> Dict[str, Any]:
+def run_child(
+    spec: Dict[str, Any], timeout: float, profile: Optional[str] = None
+) -> Dict[str, Any]:
+    """Run one spec in a fresh child; with ``profile`` (a file name), record
+    its measured window with ``perf`` and add the summary to the result."""
     cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        tail = " | ".join(proc.stderr.strip().splitlines()[-6:])
-        return {"error": f"exit {proc.returncode}: {tail}"}
-    return json.loads(lines[-1])  # type: ignore[no-any-return]
+    with tempfile.TemporaryFile("w+") as errors:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors, text=True)
+        killer = threading.Timer(timeout, proc.kill)
+        killer.start()
+        profiler = None
+        lines = []
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                if line.strip() == MEASURING:
+                    if profile:
+                        profiler = start_perf(proc.pid, spec["seconds"], profile)
+                elif line.strip():
+                    lines.append(line.strip())
+            proc.wait()
+        finally:
+            killer.cancel()
+            if profiler is not None:
+                profiler.wait()
+        if proc.returncode == -9:
+            return {"error": f"timed out after {timeout:.0f} s"}
+        if proc.returncode != 0 or not lines:
+            errors.seek(0)
+            tail = " | ".join(errors.read().strip().splitlines()[-6:])
+            return {"error": f"exit {proc.returncode}: {tail}"}
+    out: Dict[str, Any] = json.loads(lines[-1])
+    if profiler is not None and profile is not None:
+        out["profile"] = summarize_perf(profile)
+    return out
+
+
+def start_perf(pid: int, seconds: float, path: str) -> subprocess.Popen[bytes]:
+    """``perf record`` of process ``pid`` (all its threads) for ``seconds``."""
+    cmd = ["perf", "record", "-q", "-F", "499", "-g", "-p", str(pid), "-o", path]
+    return subprocess.Popen(
+        [*cmd, "--", "sleep", str(seconds)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def summarize_perf(path: str) -> Dict[str, float]:
+    """Shares of the CPU samples: the kernel, of which switching threads
+    (``finish_task_switch``), and the Python interpreter."""
+
+    def report(sort: str) -> List[Tuple[float, str]]:
+        cmd = ["perf", "report", "-i", path, "--no-children", "--sort", sort, "--stdio"]
+        proc = subprocess.run(
+            [*cmd, "-g", "none"],
+            capture_output=True,
+            text=True,
+        )
+        rows = []
+        for line in proc.stdout.splitlines():
+            parts = line.split(None, 1)
+            if len(parts) == 2 and parts[0].endswith("%"):
+                rows.append((float(parts[0][:-1]), parts[1].strip()))
+        return rows
+
+    out = {"kernel": 0.0, "interpreter": 0.0, "switching": 0.0}
+    for share, dso in report("dso"):
+        if dso == "[kernel.kallsyms]":
+            out["kernel"] += share
+        elif "python3" in dso and ".cpython-" not in dso:  # the binary or libpython
+            out["interpreter"] += share
+    for share, symbol in report("sym"):
+        if "finish_task_switch" in symbol:
+            out["switching"] += share
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -386,6 +455,16 @@ def ceiling(rows: Dict[str, Any]) -> List[str]:
     ]
 
 
+def profiles(rows: Dict[str, Any]) -> List[str]:
+    """One line per profiled run (``--perf``): where its CPU went."""
+    return [
+        f"profile {name}: kernel {prof['kernel']:.0f}% of CPU samples (switching threads "
+        f"{prof['switching']:.0f}%), Python interpreter {prof['interpreter']:.0f}%"
+        for name, rec in rows.items()
+        if (prof := rec.get("profile"))
+    ]
+
+
 def render(results: Dict[str, Any]) -> str:
     lines = []
     for kind, by_workload in results.items():
@@ -413,6 +492,7 @@ def render(results: Dict[str, Any]) -> str:
                     f"| {rec['p99_ms']:.1f} | {spread} |"
                 )
             lines.extend(ceiling(rows))
+            lines.extend(profiles(rows))
     return "\n".join(lines)
 
 
@@ -432,6 +512,12 @@ def main() -> int:
     p.add_argument("--pool-size", type=int, help="default: the engine's default (5)")
     p.add_argument("--max-overflow", type=int, help="default: the engine's default (10)")
     p.add_argument("--json", default=os.path.join(HERE, "results", "web.json"))
+    p.add_argument(
+        "--perf",
+        action="store_true",
+        help="profile each measured window with perf: where the CPU goes (kernel, "
+        "switching threads, interpreter), reported under the tables",
+    )
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -448,8 +534,8 @@ def main() -> int:
     if args.max_overflow is not None:
         engine_kw["max_overflow"] = args.max_overflow
 
-    import tempfile
-
+    if args.perf and shutil.which("perf") is None:
+        p.error("--perf needs perf (Debian: apt-get install linux-perf)")
     tmp = tempfile.mkdtemp(prefix="bench_web_")
     bases = {
         "sqlite": f"sqlite:///{os.path.join(tmp, 'web.db')}",
@@ -482,7 +568,8 @@ def main() -> int:
                         "warmup": args.warmup,
                         "engine_kw": engine_kw,
                     }
-                    rec = run_child(spec, timeout=60 + 3 * (args.seconds + args.warmup))
+                    profile = os.path.join(tmp, "perf.data") if args.perf else None
+                    rec = run_child(spec, 60 + 3 * (args.seconds + args.warmup), profile)
                     name = label(impl, backend)
                     runs.setdefault(name, []).append(rec)
                     shown = f"{rec['rps']:.0f} req/s" if "rps" in rec else rec.get("error")
