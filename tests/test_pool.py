@@ -251,3 +251,86 @@ async def test_reused_session_waits_for_its_queued_close(db_url: str) -> None:
     finally:
         await session.close()
         await engine.dispose()
+
+
+# -- admission for SQLite: one worker of the engine runs at a time ------------------
+
+
+async def test_sqlite_workers_run_one_at_a_time(sqlite_url: str) -> None:
+    """SQLite runs in this process: an engine's workers take turns (its own
+    gate, one place), so they do not compete for the GIL."""
+    engine = create_async_engine(sqlite_url, pool_size=4, max_overflow=0)
+    gate = engine.pool.gate  # type: ignore[attr-defined]
+    assert gate is not None and gate.limit == 1
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    def look(conn: sa.Connection) -> None:
+        with lock:
+            seen.append(gate.active)
+        conn.execute(ONE)
+
+    async def client() -> None:
+        for _ in range(25):
+            async with engine.connect() as conn:
+                await conn.run_sync(look)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for _ in range(8):
+                tg.start_soon(client)
+        # Never two places held at once; and the jobs did hold theirs.
+        assert len(seen) == 200 and max(seen) == 1
+    finally:
+        await engine.dispose()
+
+
+async def test_sqlite_worker_waiting_gives_up_its_turn(sqlite_url: str) -> None:
+    """A job that blocks (here: until another job has run) does not hold up
+    the engine's other workers: past the gate's expiry they run anyway."""
+    engine = create_async_engine(sqlite_url, pool_size=2, max_overflow=0)
+    ran = threading.Event()
+
+    def wait_for_the_other(conn: sa.Connection) -> bool:
+        conn.execute(ONE)
+        return ran.wait(10)
+
+    def the_other(conn: sa.Connection) -> None:
+        conn.execute(ONE)
+        ran.set()
+
+    try:
+        async with engine.connect() as first, engine.connect() as second:
+            async with anyio.create_task_group() as tg:
+                outcome: list[bool] = []
+
+                async def blocked() -> None:
+                    outcome.append(await first.run_sync(wait_for_the_other))
+
+                tg.start_soon(blocked)
+                await anyio.sleep(0.05)
+                await second.run_sync(the_other)
+            assert outcome == [True]
+    finally:
+        await engine.dispose()
+
+
+async def test_server_engines_have_no_gate_of_their_own(server_url: str) -> None:
+    engine = create_async_engine(server_url)
+    try:
+        assert engine.pool.gate is None  # type: ignore[attr-defined]
+        assert engine.pool.recreate().gate is None  # type: ignore[attr-defined]
+    finally:
+        await engine.dispose()
+
+
+async def test_recreated_sqlite_pool_keeps_the_gate(sqlite_url: str) -> None:
+    engine = create_async_engine(sqlite_url)
+    try:
+        gate = engine.pool.gate  # type: ignore[attr-defined]
+        await engine.dispose()  # recreates the pool
+        assert engine.pool.gate is gate  # type: ignore[attr-defined]
+        async with engine.connect() as conn:
+            assert await conn.scalar(ONE) == 1
+    finally:
+        await engine.dispose()

@@ -52,6 +52,9 @@ class WorkerQueuePool(QueuePool):
     _is_asyncio = False
     #: The bound on a cancelled call on this pool's workers (None: the default).
     cancel_timeout: Optional[float] = None
+    #: The admission gate of this pool's workers (None: the process-wide one);
+    #: SQLite engines get their own (``_impl.engine_gate``).
+    gate: Optional[Any] = None
 
     def __init__(
         self,
@@ -264,6 +267,8 @@ class WorkerQueuePool(QueuePool):
         parent's; forget them (unclosed, see ``_fork``) and free their slots.
         Connections checked out at the fork are retired if they come back."""
         self._lock = threading.Lock()
+        if self.gate is not None:
+            self.gate.reset_after_fork()
         self._open -= len(self._idle)
         self._idle.clear()
         self._waiters.clear()
@@ -333,6 +338,7 @@ class WorkerQueuePool(QueuePool):
             dialect=self._dialect,
         )
         successor.cancel_timeout = self.cancel_timeout
+        successor.gate = self.gate
         return successor
 
     def size(self) -> int:

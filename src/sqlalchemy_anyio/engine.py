@@ -47,6 +47,7 @@ from ._bridge import (
     Worker,
     WorkerPool,
     bound_seconds,
+    engine_gate,
     give_back_later,
 )
 from ._buffer import buffer_result
@@ -112,8 +113,11 @@ def create_async_engine(url: Union[str, URL], **kw: Any) -> AsyncEngine:
         _worker_pool_default(sync_url, kw)
         sync_engine = _create_engine(sync_url, **kw)
     engine = AsyncEngine(sync_engine)
+    workers = workers_for(engine.sync_engine)
     if cancel_timeout is not None:
-        workers_for(engine.sync_engine).cancel_timeout = cancel_timeout
+        workers.cancel_timeout = cancel_timeout
+    if isinstance(workers, WorkerQueuePool):
+        workers.gate = engine_gate(local=sync_engine.dialect.name == "sqlite")
     return engine
 
 

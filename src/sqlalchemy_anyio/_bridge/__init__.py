@@ -4,7 +4,7 @@
 hand-off is done (C accelerator or pure Python, asyncio or trio) stays here.
 """
 
-from ._impl import ACCELERATED
+from ._impl import ACCELERATED, engine_gate
 from ._shared import SharedWorkerPool
 from ._worker import (
     CANCEL_TIMEOUT,
@@ -23,5 +23,6 @@ __all__ = [
     "Worker",
     "WorkerPool",
     "current_worker",
+    "engine_gate",
     "give_back_later",
 ]

@@ -877,6 +877,25 @@ channel_pop(Channel *self, int gated)
  * worker had to park longer than that: a worker that sees no work stops
  * spinning, and a parked one burns nothing. */
 
+/* A job came: the loop asks the gate for a place right after queuing it
+ * (Channel.put).  Wait the moment that takes (admitted, or put in line)
+ * rather than park and be woken for it. */
+#define GATE_WAIT_NS (20 * US)
+
+static void
+channel_await_gate(Channel *self, int64_t budget_ns)
+{
+    int64_t start = now_ns();
+    for (unsigned i = 1;; i++) {
+        if (atomic_load_explicit(&self->admitted, memory_order_acquire)
+            || atomic_load_explicit(&self->waiting, memory_order_acquire))
+            return;
+        cpu_relax();
+        if ((i & 31) == 0 && now_ns() - start >= budget_ns)
+            return;
+    }
+}
+
 /* Spin; 1 if an item came within the budget.  `since` notes when we began. */
 static int
 channel_spin(Channel *self, int64_t *since)
@@ -892,6 +911,8 @@ channel_spin(Channel *self, int64_t *since)
         atomic_fetch_sub(&worker_spinners, 1);
     if (!found)
         return 0;
+    if (self->gate != NULL)
+        channel_await_gate(self, GATE_WAIT_NS);
     if (budget != worker_spin_max)
         atomic_store_explicit(&self->spin_ns, worker_spin_max, memory_order_relaxed);
     return 1;

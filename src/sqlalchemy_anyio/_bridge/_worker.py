@@ -111,7 +111,7 @@ class Worker:
         self._streams_lock = threading.Lock()
         #: True once a call outlived its cancellation grace: never reuse.
         self.broken = False
-        self._channel = _impl.new_channel()
+        self._channel = _impl.new_channel(getattr(pool, "gate", None))
         self._exited = _impl.Job()
         #: Calls left before the loop tries spinning again, and the back-off
         #: after a spin that missed (the calls here take longer than the budget).
