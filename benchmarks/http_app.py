@@ -35,8 +35,12 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 SYSTEMS = {"anyio": "sqlalchemy_anyio", "official": "sqlalchemy.ext.asyncio"}
 DRIVERS = {
-    "anyio": {"postgresql": "postgresql+psycopg", "mysql": "mysql+pymysql"},
-    "official": {"postgresql": "postgresql+asyncpg", "mysql": "mysql+aiomysql"},
+    "anyio": {"postgresql": "postgresql+psycopg", "mysql": "mysql+pymysql", "sqlite": "sqlite"},
+    "official": {
+        "postgresql": "postgresql+asyncpg",
+        "mysql": "mysql+aiomysql",
+        "sqlite": "sqlite+aiosqlite",
+    },
 }
 WORLD_ROWS = 10_000
 AUTHORS = 100
@@ -53,7 +57,7 @@ def url_for(base: str, system: str) -> str:
     url = sa.make_url(base)
     kind = url.get_backend_name()
     if kind not in DRIVERS[system]:
-        raise SystemExit(f"{base}: the HTTP benchmark runs on PostgreSQL or MySQL/MariaDB")
+        raise SystemExit(f"{base}: the HTTP benchmark runs on PostgreSQL, MySQL/MariaDB or SQLite")
     return url.set(drivername=DRIVERS[system][kind]).render_as_string(hide_password=False)
 
 

@@ -1,6 +1,6 @@
 """End-to-end HTTP benchmark: one FastAPI app on sqlalchemy_anyio and on the official extension.
 
-    sh scripts/bench.sh --http [--quick] [--pg-url URL] [--mysql-url URL] [...]
+    sh scripts/bench.sh --http [--quick] [--pg-url URL] [--mysql-url URL] [--sqlite-url URL] [...]
 
 The app (``http_app.py``) is served by a real ASGI server in its own process,
 one worker, and loaded by ``wrk`` over keep-alive connections:
@@ -45,7 +45,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 DEFAULT_MYSQL_URL = "mysql://root@127.0.0.1:3306/test"
-DB_TITLES = {"postgresql": "PostgreSQL", "mysql": "MariaDB"}
+DB_TITLES = {"postgresql": "PostgreSQL", "mysql": "MariaDB", "sqlite": "SQLite"}
 SYSTEMS = ["official", "anyio"]
 STACKS = ["uvicorn-asyncio", "uvicorn-uvloop", "hypercorn-asyncio", "hypercorn-trio"]
 DEFAULT_STACKS = STACKS
@@ -449,7 +449,11 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         default=os.environ.get("SQLALCHEMY_ANYIO_MYSQL_URL", DEFAULT_MYSQL_URL),
         help=f"MariaDB/MySQL (default: $SQLALCHEMY_ANYIO_MYSQL_URL or {DEFAULT_MYSQL_URL})",
     )
-    p.add_argument("--db", default="postgresql,mysql", help="databases (comma list)")
+    p.add_argument(
+        "--sqlite-url",
+        help="SQLite (default: a file in a new temporary directory)",
+    )
+    p.add_argument("--db", default="postgresql,mysql,sqlite", help="databases (comma list)")
     p.add_argument("--stacks", default=",".join(DEFAULT_STACKS),
                    help=f"servers/loops (comma list of {', '.join(STACKS)})")  # fmt: skip
     p.add_argument("--systems", default=",".join(SYSTEMS), help="official,anyio")
@@ -468,7 +472,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     args.duration = args.duration or (3 if args.quick else 10)
     if min(args.warmup, args.duration, args.rounds, args.connections, args.threads) < 1:
         p.error("--warmup, --duration, --rounds, --connections and --threads must be >= 1")
-    args.dbs = _csv(args.db, ["postgresql", "mysql"], "database")
+    args.dbs = _csv(args.db, ["postgresql", "mysql", "sqlite"], "database")
     args.stack_list = _csv(args.stacks, STACKS, "server")
     args.system_list = _csv(args.systems, SYSTEMS, "system")
     args.endpoints = _csv(args.endpoints, ENDPOINTS, "endpoint")
@@ -500,7 +504,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     bases: Dict[str, str] = {}
     notes: List[str] = []
     for kind in args.dbs:
-        base = args.pg_url if kind == "postgresql" else args.mysql_url
+        base = {
+            "postgresql": args.pg_url,
+            "mysql": args.mysql_url,
+            "sqlite": args.sqlite_url
+            or f"sqlite:///{tempfile.mkdtemp(prefix='bench_http_')}/http.db",
+        }[kind]
         try:
             http_app.setup_database(base)
             bases[kind] = base
