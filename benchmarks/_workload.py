@@ -87,15 +87,6 @@ def setup_database(sync_url: str, objects: int) -> None:
         engine.dispose()
 
 
-def drop_tables(sync_url: str) -> None:
-    engine = sa.create_engine(sync_url, poolclass=sa.pool.NullPool)
-    try:
-        with engine.begin() as conn:
-            Base.metadata.drop_all(conn)
-    finally:
-        engine.dispose()
-
-
 # ---------------------------------------------------------------------------
 # configuration and timing
 

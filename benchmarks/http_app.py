@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
+import _common
 import sqlalchemy as sa
 from fastapi import Depends, FastAPI, HTTPException, Query
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -160,41 +161,24 @@ def create_app() -> FastAPI:
 
 def setup_database(base_url: str) -> None:
     """Create and fill the tables (sync SQLAlchemy, ours' driver)."""
-    engine = sa.create_engine(url_for(base_url, "anyio"), poolclass=sa.pool.NullPool)
     rnd = random.Random(0)
-    try:
-        with engine.begin() as conn:
-            Base.metadata.drop_all(conn)
-            Base.metadata.create_all(conn)
-            conn.execute(
-                World.__table__.insert(),
-                [
-                    {"id": i, "randomnumber": rnd.randint(1, WORLD_ROWS)}
-                    for i in range(1, WORLD_ROWS + 1)
-                ],
-            )
-            conn.execute(
-                Author.__table__.insert(),
-                [{"id": i, "name": f"author {i}"} for i in range(1, AUTHORS + 1)],
-            )
-            conn.execute(
-                Book.__table__.insert(),
-                [
-                    {"id": i, "title": f"book {i}", "author_id": 1 + (i - 1) // BOOKS_PER_AUTHOR}
-                    for i in range(1, AUTHORS * BOOKS_PER_AUTHOR + 1)
-                ],
-            )
-    finally:
-        engine.dispose()
+    worlds = [
+        {"id": i, "randomnumber": rnd.randint(1, WORLD_ROWS)} for i in range(1, WORLD_ROWS + 1)
+    ]
+    authors = [{"id": i, "name": f"author {i}"} for i in range(1, AUTHORS + 1)]
+    books = [
+        {"id": i, "title": f"book {i}", "author_id": 1 + (i - 1) // BOOKS_PER_AUTHOR}
+        for i in range(1, AUTHORS * BOOKS_PER_AUTHOR + 1)
+    ]
+    _common.fill_tables(
+        url_for(base_url, "anyio"),
+        Base.metadata,
+        [(World.__table__, worlds), (Author.__table__, authors), (Book.__table__, books)],
+    )
 
 
 def drop_tables(base_url: str) -> None:
-    engine = sa.create_engine(url_for(base_url, "anyio"), poolclass=sa.pool.NullPool)
-    try:
-        with engine.begin() as conn:
-            Base.metadata.drop_all(conn)
-    finally:
-        engine.dispose()
+    _common.drop_tables(url_for(base_url, "anyio"), Base.metadata)
 
 
 app = create_app() if "BENCH_DATABASE_URL" in os.environ else None

@@ -40,6 +40,7 @@ import urllib.request
 from typing import Any, Dict, List, Optional, Tuple
 
 import sqlalchemy as sa
+from _common import CLOCK_TICKS, choices, git_commit, proc_stat, write_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -57,7 +58,6 @@ BASELINE = {
     "hypercorn-trio": "uvicorn-asyncio",
     "hypercorn-asyncio": "hypercorn-asyncio",
 }
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def endpoint_path(endpoint: str, queries: int) -> str:
@@ -144,9 +144,8 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the serving process (all its threads)."""
-        with open(f"/proc/{self.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        fields = proc_stat(str(self.pid))[1]
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
     def log_text(self) -> str:
         with open(self.log.name, errors="replace") as f:
@@ -426,14 +425,6 @@ def environment() -> Dict[str, Any]:
 # the run
 
 
-def _csv(value: str, allowed: List[str], what: str) -> List[str]:
-    items = [x.strip() for x in value.split(",") if x.strip()]
-    bad = [x for x in items if x not in allowed]
-    if bad:
-        sys.exit(f"unknown {what}: {', '.join(bad)} (choose from {', '.join(allowed)})")
-    return items
-
-
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="bench.sh --http", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -472,10 +463,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     args.duration = args.duration or (3 if args.quick else 10)
     if min(args.warmup, args.duration, args.rounds, args.connections, args.threads) < 1:
         p.error("--warmup, --duration, --rounds, --connections and --threads must be >= 1")
-    args.dbs = _csv(args.db, ["postgresql", "mysql", "sqlite"], "database")
-    args.stack_list = _csv(args.stacks, STACKS, "server")
-    args.system_list = _csv(args.systems, SYSTEMS, "system")
-    args.endpoints = _csv(args.endpoints, ENDPOINTS, "endpoint")
+    args.dbs = choices(args.db, ["postgresql", "mysql", "sqlite"], "database")
+    args.stack_list = choices(args.stacks, STACKS, "server")
+    args.system_list = choices(args.systems, SYSTEMS, "system")
+    args.endpoints = choices(args.endpoints, ENDPOINTS, "endpoint")
     return args
 
 
@@ -577,7 +568,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     doc = {
         "meta": {
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "commit": _git_commit(),
+            "commit": git_commit(),
             "config": {
                 "rounds": args.rounds,
                 "warmup": args.warmup,
@@ -601,23 +592,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         "servers": servers,
     }
     doc["summary"] = build_summary(runs, doc["meta"]["config"])
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(doc, f, indent=1)
+    write_json(args.json, doc)
     print()
     print(render(doc))
     print(f"\njson: {os.path.relpath(args.json)}")
     return 0
-
-
-def _git_commit() -> Optional[str]:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True
-        )
-        return out.stdout.strip() or None
-    except OSError:
-        return None
 
 
 if __name__ == "__main__":

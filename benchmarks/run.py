@@ -41,6 +41,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import _workload as w  # noqa: E402
+from _common import choices, drop_tables, git_commit, write_json  # noqa: E402
 
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 DEFAULT_MYSQL_URL = "mysql+pymysql://root@127.0.0.1:3306/test"
@@ -220,14 +221,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _csv(value: str, allowed: List[str], what: str) -> List[str]:
-    items = [x.strip() for x in value.split(",") if x.strip()]
-    bad = [x for x in items if x not in allowed]
-    if bad:
-        sys.exit(f"unknown {what}: {', '.join(bad)} (choose from {', '.join(allowed)})")
-    return items
-
-
 def _reachable(url: str) -> Optional[str]:
     try:
         engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
@@ -256,10 +249,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         cfg.round_time = args.round_time
     if args.objects:
         cfg.objects = args.objects
-    dbs = _csv(args.db, ["sqlite", "postgresql", "mysql"], "database")
-    impls = _csv(args.impl, IMPLS, "implementation")
-    backends = _csv(args.backend, BACKENDS, "event loop")
-    scenarios = _csv(args.scenarios, SCENARIOS, "scenario")
+    dbs = choices(args.db, ["sqlite", "postgresql", "mysql"], "database")
+    impls = choices(args.impl, IMPLS, "implementation")
+    backends = choices(args.backend, BACKENDS, "event loop")
+    scenarios = choices(args.scenarios, SCENARIOS, "scenario")
 
     skipped: List[str] = []
     bases: Dict[str, str] = {}
@@ -341,7 +334,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 status = record.get("error") or "ok"
                 print(f"{time.perf_counter() - step:6.1f} s  {status}", flush=True)
             if kind != "sqlite":
-                w.drop_tables(url_for(base, kind, "sync"))
+                drop_tables(url_for(base, kind, "sync"), w.Base.metadata)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
@@ -357,7 +350,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             "load_average_start": load_before,
             "load_average_end": os.getloadavg(),
             "wall_seconds": time.time() - started,
-            "commit": _git_commit(),
+            "commit": git_commit(),
             "skipped": skipped,
             "databases": {
                 k: sa.make_url(v).render_as_string(hide_password=True) for k, v in bases.items()
@@ -365,9 +358,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         },
         "results": records,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(result, f, indent=1)
+    write_json(args.json, result)
 
     import _report
 
@@ -424,16 +415,6 @@ def _plan(kind: str, impls: List[str], backends: List[str]) -> List[tuple]:
                 continue  # async drivers run natively on asyncio; aiosqlite maps to sqlite3
             plan.append((impl, backend))
     return plan
-
-
-def _git_commit() -> Optional[str]:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True
-        )
-        return out.stdout.strip() or None
-    except OSError:
-        return None
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ from collections import Counter
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 import sqlalchemy as sa
+from _common import choices, drop_tables, fill_tables, git_commit, write_json
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -467,26 +468,8 @@ def run_child(spec: Dict[str, Any], kind: str, admin_url: str) -> Dict[str, Any]
 
 
 def setup_database(sync_url: str, accounts: int) -> None:
-    engine = sa.create_engine(sync_url, poolclass=sa.pool.NullPool)
-    try:
-        with engine.begin() as conn:
-            Base.metadata.drop_all(conn)
-            Base.metadata.create_all(conn)
-            conn.execute(
-                sa.insert(Account),
-                [{"id": i, "balance": INITIAL} for i in range(1, accounts + 1)],
-            )
-    finally:
-        engine.dispose()
-
-
-def drop_tables(sync_url: str) -> None:
-    engine = sa.create_engine(sync_url, poolclass=sa.pool.NullPool)
-    try:
-        with engine.begin() as conn:
-            Base.metadata.drop_all(conn)
-    finally:
-        engine.dispose()
+    balances = [{"id": i, "balance": INITIAL} for i in range(1, accounts + 1)]
+    fill_tables(sync_url, Base.metadata, [(Account.__table__, balances)])
 
 
 def check_ledger(sync_url: str, rec: Dict[str, Any], accounts: int, token: str) -> Dict[str, Any]:
@@ -630,24 +613,6 @@ def plan(impls: List[str], backends: List[str]) -> List[Tuple[str, str]]:
     ]
 
 
-def _csv(value: str, allowed: List[str], what: str) -> List[str]:
-    items = [x.strip() for x in value.split(",") if x.strip()]
-    bad = [x for x in items if x not in allowed]
-    if bad:
-        sys.exit(f"unknown {what}: {', '.join(bad)} (choose from {', '.join(allowed)})")
-    return items
-
-
-def _git_commit() -> Optional[str]:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True
-        )
-        return out.stdout.strip() or None
-    except OSError:
-        return None
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--pg-url", default=os.environ.get("SQLALCHEMY_ANYIO_PG_URL"))
@@ -680,9 +645,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         child_main(json.loads(args.child))
         return 0
     seconds = args.minutes * 60 if args.minutes else args.seconds or 60.0
-    dbs = _csv(args.db, list(DRIVERS), "database")
-    impls = _csv(args.impl, IMPLS, "implementation")
-    backends = _csv(args.backend, BACKENDS, "event loop")
+    dbs = choices(args.db, list(DRIVERS), "database")
+    impls = choices(args.impl, IMPLS, "implementation")
+    backends = choices(args.backend, BACKENDS, "event loop")
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     bases = {
         "postgresql": args.pg_url or (DEFAULT_URLS["postgresql"] if args.servers else None),
@@ -744,11 +709,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             rec.pop("committed", None)
             rec.pop("uncertain", None)
             runs.append(rec)
-        drop_tables(sync_url)
+        drop_tables(sync_url, Base.metadata)
     result = {
         "meta": {
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "commit": _git_commit(),
+            "commit": git_commit(),
             "python": sys.version.split()[0],
             "cpus": os.cpu_count(),
             "seconds": seconds,
@@ -764,9 +729,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         },
         "runs": runs,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(result, f, indent=1)
+    write_json(args.json, result)
     print()
     print(render(result))
     print(f"\njson: {os.path.relpath(args.json)}")

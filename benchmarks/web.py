@@ -43,6 +43,7 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import sqlalchemy as sa
+from _common import CLOCK_TICKS, drop_tables, fill_tables, proc_stat, write_json
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -65,7 +66,6 @@ DRIVERS = {
 C_DRIVERS = {"postgresql": "postgresql+psycopg2", "mysql": "mysql+mysqldb"}
 SERVER_PROCESSES = ("postgres", "mariadbd", "mysqld")
 MEASURING = "-- measuring --"  # a child's cue: its measured window starts now
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 now = time.perf_counter
 
 
@@ -76,13 +76,10 @@ def server_cpu_seconds() -> float:
         if not pid.isdigit():
             continue
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                stat = f.read()
+            name, fields = proc_stat(pid)
         except OSError:
             continue  # ended between listdir and open
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
         if name.startswith(SERVER_PROCESSES):
-            fields = stat[stat.rindex(")") + 2 :].split()
             # utime, stime, and the same for children already reaped (ended backends)
             total += sum(int(v) for v in fields[11:15])
     return total / CLOCK_TICKS
@@ -116,26 +113,8 @@ def url_for(base: str, kind: str, impl: str) -> str:
 
 
 def setup_database(sync_url: str) -> None:
-    engine = sa.create_engine(sync_url, poolclass=sa.pool.NullPool)
-    try:
-        with engine.begin() as conn:
-            Base.metadata.drop_all(conn)
-            Base.metadata.create_all(conn)
-            conn.execute(
-                Item.__table__.insert(),
-                [{"id": i, "name": f"item {i}", "v": 0} for i in range(1, ITEMS + 1)],
-            )
-    finally:
-        engine.dispose()
-
-
-def drop_tables(sync_url: str) -> None:
-    engine = sa.create_engine(sync_url, poolclass=sa.pool.NullPool)
-    try:
-        with engine.begin() as conn:
-            Base.metadata.drop_all(conn)
-    finally:
-        engine.dispose()
+    items = [{"id": i, "name": f"item {i}", "v": 0} for i in range(1, ITEMS + 1)]
+    fill_tables(sync_url, Base.metadata, [(Item.__table__, items)])
 
 
 # ---------------------------------------------------------------------------
@@ -577,19 +556,9 @@ def main() -> int:
             results.setdefault(kind, {})[workload] = {k: pick(v) for k, v in runs.items()}
             raw.setdefault(kind, {})[workload] = runs
         if kind != "sqlite":
-            drop_tables(sync_url)
+            drop_tables(sync_url, Base.metadata)
     print(render(results))
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(
-            {
-                "config": vars(args),
-                "load_average_end": os.getloadavg(),
-                "runs": raw,
-            },
-            f,
-            indent=1,
-        )
+    write_json(args.json, {"config": vars(args), "load_average_end": os.getloadavg(), "runs": raw})
     print(f"\njson: {os.path.relpath(args.json)}")
     return 0
 
