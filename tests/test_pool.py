@@ -319,7 +319,9 @@ async def test_server_engines_have_no_gate_of_their_own(server_url: str) -> None
     engine = create_async_engine(server_url)
     try:
         assert engine.pool.gate is None  # type: ignore[attr-defined]
-        assert engine.pool.recreate().gate is None  # type: ignore[attr-defined]
+        successor = engine.pool.recreate()
+        assert successor.gate is None  # type: ignore[attr-defined]
+        successor.dispose()
     finally:
         await engine.dispose()
 

@@ -148,9 +148,9 @@ __all__ = [
     "Channel",
     "Job",
     "checkpoint",
+    "engine_gate",
     "loop_is_idle",
     "new_channel",
-    "engine_gate",
     "wait",
     "wait_for",
 ]
