@@ -74,6 +74,19 @@ async def test_cancelled_statement_is_bounded_then_written_off(sqlite_url: str) 
         await engine.dispose()
 
 
+async def _execute_inside(how: str, engine: Any, maker: Any, statement: Any) -> None:
+    """Run ``statement`` inside a session, ``maker.begin()`` or an engine transaction."""
+    if how == "session":
+        async with maker() as session:
+            await session.execute(statement)
+    elif how == "maker_begin":
+        async with maker.begin() as session:
+            await session.execute(statement)
+    else:
+        async with engine.connect() as conn, conn.begin():
+            await conn.execute(statement)
+
+
 @pytest.mark.parametrize("how", ["session", "maker_begin", "transaction"])
 async def test_closing_behind_a_stuck_statement_is_bounded(sqlite_url: str, how: str) -> None:
     """close()/__aexit__ queued behind a statement that ignores its interrupt."""
@@ -82,15 +95,7 @@ async def test_closing_behind_a_stuck_statement_is_bounded(sqlite_url: str, how:
     try:
 
         async def body() -> None:
-            if how == "session":
-                async with maker() as session:
-                    await session.execute(SLOW)
-            elif how == "maker_begin":
-                async with maker.begin() as session:
-                    await session.execute(SLOW)
-            else:
-                async with engine.connect() as conn, conn.begin():
-                    await conn.execute(SLOW)
+            await _execute_inside(how, engine, maker, SLOW)
 
         elapsed = await _bounded(body)
         assert elapsed < WITHIN, elapsed
@@ -119,15 +124,7 @@ async def test_way_out_behind_a_written_off_call_takes_one_bound(sqlite_url: str
     try:
 
         async def body() -> None:
-            if how == "session":
-                async with maker() as session:
-                    await session.execute(block)
-            elif how == "maker_begin":
-                async with maker.begin() as session:
-                    await session.execute(block)
-            else:
-                async with engine.connect() as conn, conn.begin():
-                    await conn.execute(block)
+            await _execute_inside(how, engine, maker, block)
 
         elapsed = await _bounded(body)
         # 0.3 + one bound; two bounds would be 5.3 s
