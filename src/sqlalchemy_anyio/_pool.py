@@ -28,7 +28,7 @@ from sqlalchemy.pool import Pool, QueuePool
 from sqlalchemy.pool.base import ConnectionPoolEntry
 
 from . import _fork
-from ._bridge import Worker, _impl, current_worker
+from ._bridge import Worker, _impl, _placement, current_worker
 
 log = logging.getLogger("sqlalchemy_anyio")
 
@@ -55,6 +55,9 @@ class WorkerQueuePool(QueuePool):
     #: The admission gate of this pool's workers (None: the process-wide one);
     #: SQLite engines get their own (``_impl.engine_gate``).
     gate: Optional[Any] = None
+    #: Whether this pool's workers follow the thread placement (the engine's
+    #: ``thread_placement``; see ``_bridge._placement``).
+    placement: bool = _placement.DEFAULT
 
     def __init__(
         self,
@@ -339,6 +342,7 @@ class WorkerQueuePool(QueuePool):
         )
         successor.cancel_timeout = self.cancel_timeout
         successor.gate = self.gate
+        successor.placement = self.placement
         return successor
 
     def size(self) -> int:

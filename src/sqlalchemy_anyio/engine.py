@@ -41,6 +41,7 @@ from ._base import (
     StartableContext,
     asyncstartablecontext,
 )
+from ._bridge import _placement
 from ._bridge import (
     CANCEL_TIMEOUT,
     SharedWorkerPool,
@@ -86,6 +87,12 @@ def create_async_engine(url: Union[str, URL], **kw: Any) -> AsyncEngine:
     on the event loop (``async_driver="sync"`` asks for its synchronous
     counterpart instead); other async drivers (``+aiosqlite``), and all of
     them under trio, are mapped to their synchronous counterpart.
+
+    Options of this package: ``cancel_timeout=`` (seconds; the bound on a
+    cancelled call, see docs/cancellation.md) and ``thread_placement=``
+    (``"auto"``, the default, or ``"off"``: whether the event loop's thread
+    and this engine's workers share one CPU under concurrent load, see
+    docs/bridge.md).
     """
     if kw.get("server_side_cursors", False):
         raise async_exc.AsyncMethodRequired(
@@ -95,6 +102,7 @@ def create_async_engine(url: Union[str, URL], **kw: Any) -> AsyncEngine:
         )
     kw.pop("_is_async", None)
     cancel_timeout = _cancel_timeout(kw.pop("cancel_timeout", None))
+    placement = _thread_placement(kw.pop("thread_placement", None))
     given = make_url(url)
     native = _async_drivers.native_url(given, kw.pop("async_driver", None))
     async_creator = kw.pop("async_creator", None)
@@ -116,6 +124,8 @@ def create_async_engine(url: Union[str, URL], **kw: Any) -> AsyncEngine:
     workers = workers_for(engine.sync_engine)
     if cancel_timeout is not None:
         workers.cancel_timeout = cancel_timeout
+    if placement is not None:
+        workers.placement = placement
     if isinstance(workers, WorkerQueuePool):
         workers.gate = engine_gate(local=sync_engine.dialect.name == "sqlite")
     return engine
@@ -132,6 +142,16 @@ def _cancel_timeout(value: Any) -> Optional[float]:
             "how long a cancelled call waits for its statement, interrupt and recovery."
         )
     return seconds
+
+
+def _thread_placement(value: Any) -> Optional[bool]:
+    """The ``thread_placement=`` engine option: ``"auto"`` or ``"off"`` (None: the default)."""
+    if value is None:
+        return None
+    try:
+        return _placement.parse_mode(value)
+    except ValueError as error:
+        raise exc.ArgumentError(str(error)) from None
 
 
 def async_engine_from_config(

@@ -11,6 +11,12 @@
  *   job it just handed over (Job.spin_wait) instead of going through its
  *   thread-safe wake-up (a self-pipe write and a second OS wake-up).
  *
+ * Spinning only pays when the two sides run on different CPUs.  When the
+ * event loop and the workers are packed onto one CPU (thread placement,
+ * see _placement.py), a spinner would take the CPU from the very thread it
+ * waits for, so nobody spins and workers follow the placement at their
+ * next job (set_placement).
+ *
  * Every hand-off flag is a C11 atomic: an outcome is written, then published
  * with a release store; whoever sees it with an acquire load sees the outcome.
  * Nothing here relies on the GIL for correctness.
@@ -102,6 +108,16 @@ static int max_worker_spinners = 1;
  * GIL before asking for it (asking while it is held means sleeping on the
  * GIL's condition variable: one more OS wake-up). */
 #define HINT_WAIT_NS (20 * US)
+
+/* Thread placement, set from Python (set_placement) and followed by the
+ * workers of placed channels, each on its own thread at its next job.  The
+ * CPU set is guarded by a mutex; the generation says it changed. */
+static pthread_mutex_t placement_mutex = PTHREAD_MUTEX_INITIALIZER;
+#ifdef __linux__
+static cpu_set_t placement_cpus;          /* under placement_mutex */
+#endif
+static _Atomic unsigned placement_gen;    /* bumped by every set_placement */
+static _Atomic int placement_packed;      /* placed workers share the loop's CPU */
 
 typedef struct {
     PyTypeObject *job_type;
@@ -480,6 +496,8 @@ struct Channel {
     _Atomic int waiting;            /* written under gate mutex: in line */
     _Atomic int first;              /* written under gate mutex: first in line */
     _Atomic int64_t started_ns;     /* the running job's start; 0 between jobs */
+    int placed;                     /* follows the thread placement */
+    unsigned placed_gen;            /* worker thread only: the placement applied */
 };
 
 /* Wake a channel's worker; gate mutex held, channel mutex not. */
@@ -710,9 +728,10 @@ static PyType_Spec Gate_spec = {
 static PyObject *
 Channel_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"gate", NULL};
+    static char *kwlist[] = {"gate", "placed", NULL};
     PyObject *gate = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O:Channel", kwlist, &gate))
+    int placed = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|Op:Channel", kwlist, &gate, &placed))
         return NULL;
     bridge_state *st = state_of(type);
     if (gate != Py_None && Py_TYPE(gate) != st->gate_type) {
@@ -739,6 +758,7 @@ Channel_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     atomic_init(&self->started_ns, 0);
     if (gate != Py_None && ((Gate *)gate)->limit > 0)
         self->gate = (Gate *)Py_NewRef(gate);
+    self->placed = placed;
     return (PyObject *)self;
 }
 
@@ -871,6 +891,33 @@ channel_pop(Channel *self, int gated)
     return item;
 }
 
+/* Whether this channel's worker shares one CPU with the event loop now:
+ * then it never spins, since spinning would only keep the thread it waits
+ * for off that CPU. */
+static inline int
+channel_packed(Channel *self)
+{
+    return self->placed && atomic_load_explicit(&placement_packed, memory_order_relaxed);
+}
+
+/* Move the worker's thread to the CPUs the placement names, if it changed
+ * since this worker's last job.  Worker thread only; needs no GIL. */
+static void
+channel_follow_placement(Channel *self)
+{
+#ifdef __linux__
+    cpu_set_t cpus;
+    pthread_mutex_lock(&placement_mutex);
+    cpus = placement_cpus;
+    self->placed_gen = atomic_load_explicit(&placement_gen, memory_order_relaxed);
+    pthread_mutex_unlock(&placement_mutex);
+    if (CPU_COUNT(&cpus) > 0)
+        sched_setaffinity(0, sizeof cpus, &cpus);   /* best effort: on failure it stays */
+#else
+    self->placed_gen = atomic_load_explicit(&placement_gen, memory_order_relaxed);
+#endif
+}
+
 /* Waiting for the next item, without the GIL, in three steps: spin for the
  * adaptive budget, park if nothing came, take the item.  The budget resets
  * to the maximum whenever a job arrived within it, and halves each time the
@@ -901,17 +948,18 @@ static int
 channel_spin(Channel *self, int64_t *since)
 {
     int64_t budget = atomic_load_explicit(&self->spin_ns, memory_order_relaxed);
+    int spin = budget > 0 && !channel_packed(self);
     int found;
     *since = now_ns();
-    if (budget > 0 && atomic_fetch_add(&worker_spinners, 1) < max_worker_spinners)
+    if (spin && atomic_fetch_add(&worker_spinners, 1) < max_worker_spinners)
         found = spin_while(&self->pending, 0, budget) != 0;
-    else   /* enough workers spin already: they would only take CPU from the rest */
+    else   /* packed, or enough workers spin already: it would only take CPU from the rest */
         found = atomic_load_explicit(&self->pending, memory_order_acquire) != 0;
-    if (budget > 0)
+    if (spin)
         atomic_fetch_sub(&worker_spinners, 1);
     if (!found)
         return 0;
-    if (self->gate != NULL)
+    if (self->gate != NULL && !channel_packed(self))
         channel_await_gate(self, GATE_WAIT_NS);
     if (budget != worker_spin_max)
         atomic_store_explicit(&self->spin_ns, worker_spin_max, memory_order_relaxed);
@@ -974,7 +1022,7 @@ channel_take(Channel *self)
     /* The loop that queued this job probably still holds the GIL.  If it is
      * about to spin (and so to let go of it), wait for that rather than
      * sleep on the GIL. */
-    if (item != Py_None)
+    if (item != Py_None && !channel_packed(self))
         spin_while(&((Job *)item)->hint, HINT_NONE, HINT_WAIT_NS);
 #endif
     return item;
@@ -1065,6 +1113,12 @@ Channel_serve(Channel *self, PyObject *Py_UNUSED(ignored))
             Py_RETURN_NONE;
         }
         ran = (Job *)item;
+        if (self->placed
+            && atomic_load_explicit(&placement_gen, memory_order_acquire) != self->placed_gen) {
+            Py_BEGIN_ALLOW_THREADS
+            channel_follow_placement(self);
+            Py_END_ALLOW_THREADS
+        }
         if (self->gate != NULL)
             atomic_store_explicit(&self->started_ns, now_ns(), memory_order_relaxed);
         int ours = job_execute(ran);
@@ -1156,12 +1210,62 @@ static PyObject *
 bridge_reset_after_fork(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 {
     atomic_store(&worker_spinners, 0);
+    atomic_store(&placement_packed, 0);
+    pthread_mutex_init(&placement_mutex, NULL);
+    Py_RETURN_NONE;
+}
+
+/* set_placement(cpus, packed): where placed workers run from their next job
+ * on, and whether they share that CPU with the event loop (then they never
+ * spin).  Called by _placement.py on the loop's thread. */
+static PyObject *
+bridge_set_placement(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *cpus;
+    int packed;
+    if (!PyArg_ParseTuple(args, "Op:set_placement", &cpus, &packed))
+        return NULL;
+#ifdef __linux__
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    PyObject *it = PyObject_GetIter(cpus);
+    if (it == NULL)
+        return NULL;
+    PyObject *item;
+    while ((item = PyIter_Next(it)) != NULL) {
+        long cpu = PyLong_AsLong(item);
+        Py_DECREF(item);
+        if (cpu == -1 && PyErr_Occurred())
+            break;
+        if (cpu < 0 || cpu >= CPU_SETSIZE) {
+            PyErr_Format(PyExc_ValueError, "no such CPU: %ld", cpu);
+            break;
+        }
+        CPU_SET((int)cpu, &set);
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred())
+        return NULL;
+    if (CPU_COUNT(&set) == 0) {
+        PyErr_SetString(PyExc_ValueError, "set_placement needs at least one CPU");
+        return NULL;
+    }
+    pthread_mutex_lock(&placement_mutex);
+    placement_cpus = set;
+    atomic_fetch_add_explicit(&placement_gen, 1, memory_order_release);
+    pthread_mutex_unlock(&placement_mutex);
+#else
+    (void)cpus;
+#endif
+    atomic_store_explicit(&placement_packed, packed, memory_order_relaxed);
     Py_RETURN_NONE;
 }
 
 static PyMethodDef bridge_methods[] = {
     {"reset_after_fork", bridge_reset_after_fork, METH_NOARGS,
-     "In a forked child: forget the parent's spinning workers."},
+     "In a forked child: forget the parent's spinning workers and placement."},
+    {"set_placement", bridge_set_placement, METH_VARARGS,
+     "set_placement(cpus, packed): where placed workers run from their next job on."},
     {NULL, NULL, 0, NULL},
 };
 

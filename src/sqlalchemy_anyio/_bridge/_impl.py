@@ -15,20 +15,20 @@ from .. import _fork
 from . import _asyncio
 
 if TYPE_CHECKING:  # both offer the same interface (see _cbridge.pyi)
-    from ._native import Channel, Gate, Job, reset_after_fork
+    from ._native import Channel, Gate, Job, reset_after_fork, set_placement
 
     ACCELERATED: bool
 elif os.environ.get("SQLALCHEMY_ANYIO_NO_CEXT"):
-    from ._native import Channel, Gate, Job, reset_after_fork
+    from ._native import Channel, Gate, Job, reset_after_fork, set_placement
 
     ACCELERATED = False
 else:
     try:
-        from ._cbridge import Channel, Gate, Job, reset_after_fork
+        from ._cbridge import Channel, Gate, Job, reset_after_fork, set_placement
 
         ACCELERATED = True
     except ImportError:
-        from ._native import Channel, Gate, Job, reset_after_fork
+        from ._native import Channel, Gate, Job, reset_after_fork, set_placement
 
         ACCELERATED = False
 
@@ -90,9 +90,10 @@ def _reset_after_fork() -> None:
     GATE.reset_after_fork()
 
 
-def new_channel(gate: Optional[Gate] = None) -> Channel:
-    """A channel for one new worker, behind ``gate`` or the process-wide one."""
-    return Channel(GATE if gate is None else gate)
+def new_channel(gate: Optional[Gate] = None, placed: bool = False) -> Channel:
+    """A channel for one new worker, behind ``gate`` or the process-wide one;
+    a ``placed`` one's worker follows the thread placement (``_placement``)."""
+    return Channel(GATE if gate is None else gate, placed)
 
 
 _get_running_loop = asyncio._get_running_loop
@@ -151,6 +152,7 @@ __all__ = [
     "engine_gate",
     "loop_is_idle",
     "new_channel",
+    "set_placement",
     "wait",
     "wait_for",
 ]

@@ -11,12 +11,13 @@ the loop to one worker thread.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
 from collections import deque
 from types import SimpleNamespace
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 
 class Job:
@@ -130,8 +131,40 @@ class Job:
 
 
 def reset_after_fork() -> None:
-    """In a forked child: nothing process-wide to forget (the C twin counts
-    its spinning workers)."""
+    """In a forked child: no worker shares the loop's CPU any more (the C
+    twin also forgets its spinning workers)."""
+    global _placement
+    _placement = (_placement[0], _placement[1], False)
+
+
+#: (generation, CPUs, packed): where placed workers run from their next job
+#: on (see _placement.py).  Replaced whole, so a reader sees one consistent
+#: tuple; this bridge never spins, so ``packed`` is only reported.
+_placement: tuple[int, Optional[frozenset[int]], bool] = (0, None, False)
+_placement_lock = threading.Lock()
+
+
+def set_placement(cpus: Iterable[int], packed: bool) -> None:
+    """Where placed workers run from their next job on, and whether they
+    share that CPU with the event loop."""
+    global _placement
+    chosen = frozenset(int(cpu) for cpu in cpus)
+    if not chosen:
+        raise ValueError("set_placement needs at least one CPU")
+    with _placement_lock:
+        _placement = (_placement[0] + 1, chosen, bool(packed))
+
+
+def _follow_placement(applied: int) -> int:
+    """Move this worker's thread where the placement says if it changed
+    since ``applied``; returns the generation now applied."""
+    generation, cpus, _ = _placement
+    if generation != applied and cpus is not None:
+        try:
+            os.sched_setaffinity(0, cpus)
+        except (AttributeError, OSError):  # not Linux, or not allowed: stays
+            pass
+    return generation
 
 
 def _report_unraisable(exc: BaseException, obj: object) -> None:
@@ -249,6 +282,7 @@ class Channel:
     """Jobs in order from the loop to one worker thread (``None`` stops it).
 
     With a :class:`Gate`, the worker runs jobs only while it holds a place.
+    A ``placed`` channel's worker follows the thread placement at each job.
     """
 
     __slots__ = (
@@ -257,11 +291,13 @@ class Channel:
         "_cond",
         "_gate",
         "_items",
+        "_placed",
         "_started",
         "_waiting",
     )
 
-    def __init__(self, gate: Optional[Gate] = None) -> None:
+    def __init__(self, gate: Optional[Gate] = None, placed: bool = False) -> None:
+        self._placed = placed
         self._items: deque[Optional[Job]] = deque()
         self._cond = threading.Condition(threading.Lock())
         self._closed = False
@@ -325,6 +361,7 @@ class Channel:
     def serve(self) -> None:
         """The worker's loop: run queued jobs, in order, until ``None``."""
         gate = self._gate
+        applied = 0
         while True:
             if gate is not None:
                 with self._cond:
@@ -336,6 +373,8 @@ class Channel:
                 if gate is not None:
                     _wake(gate._leave(self))
                 return
+            if self._placed and _placement[0] != applied:
+                applied = _follow_placement(applied)
             self._started = time.monotonic()
             job.run()
             self._started = None

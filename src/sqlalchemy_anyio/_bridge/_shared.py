@@ -15,6 +15,7 @@ import weakref
 from typing import Optional
 
 from .. import _fork
+from . import _placement
 from ._worker import Worker
 
 
@@ -25,6 +26,8 @@ class SharedWorkerPool:
     shared = True
     #: The bound on a cancelled call on the worker (None: the default).
     cancel_timeout: Optional[float] = None
+    #: Whether the worker follows the thread placement (see ``_placement``).
+    placement: bool = _placement.DEFAULT
 
     def __init__(self) -> None:
         self.limit = 1

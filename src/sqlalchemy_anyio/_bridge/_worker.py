@@ -19,7 +19,7 @@ from typing import Any, Callable, Deque, Optional, TypeVar
 import anyio
 
 from .. import _fork
-from . import _impl, _reentry
+from . import _impl, _placement, _reentry
 
 _T = TypeVar("_T")
 
@@ -57,13 +57,8 @@ FINISH = "finish"  # let it run to its end (close, rollback)
 ABANDON = "abandon"  # do not wait (connect): clean up after it, retire the worker
 
 
-class _InFlight(threading.local):
-    """Calls to workers this thread (an event loop's) is waiting for."""
-
-    n = 0
-
-
-_in_flight = _InFlight()
+#: Calls this (event loop) thread awaits, and its placement (see _placement).
+_loop = _placement.loop
 
 
 def current_worker() -> Optional[Worker]:
@@ -111,7 +106,10 @@ class Worker:
         self._streams_lock = threading.Lock()
         #: True once a call outlived its cancellation grace: never reuse.
         self.broken = False
-        self._channel = _impl.new_channel(getattr(pool, "gate", None))
+        #: Whether this worker follows the thread placement (its engine's
+        #: ``thread_placement``): then the loops calling it may be packed.
+        self.placed = _placement.SUPPORTED and getattr(pool, "placement", _placement.DEFAULT)
+        self._channel = _impl.new_channel(getattr(pool, "gate", None), self.placed)
         self._exited = _impl.Job()
         #: Calls left before the loop tries spinning again, and the back-off
         #: after a spin that missed (the calls here take longer than the budget).
@@ -233,12 +231,21 @@ class Worker:
         call = _reentry.Call(fn)
         job = _impl.Job(call, args, kwargs)
         self._channel.put(job)
-        in_flight = _in_flight.n
-        _in_flight.n = in_flight + 1
+        loop = _loop
+        in_flight = loop.n
+        loop.n = in_flight + 1
+        if in_flight and self.placed:
+            _placement.crowded(loop)
         try:
             if self._spin_skip:
                 self._spin_skip -= 1
-            elif not in_flight and self.loop_spin and _impl.LOOP_SPIN and _impl.loop_is_idle():
+            elif (
+                not in_flight
+                and self.loop_spin
+                and _impl.LOOP_SPIN
+                and (loop.packed is None or loop.packed.released)
+                and _impl.loop_is_idle()
+            ):
                 # Nothing else of ours is under way and nothing else is ready
                 # to run: wait for this call without going through the loop.
                 if job.spin_wait(_impl.LOOP_SPIN):
@@ -255,7 +262,7 @@ class Worker:
                 raise
             return job.outcome()
         finally:
-            _in_flight.n -= 1
+            loop.n -= 1
 
     async def _settle(
         self, job: Any, on_cancel: str, cleanup: Optional[Callable[[Any], object]]
@@ -368,9 +375,12 @@ def _give_back(worker: Worker, fn: Optional[Callable[..., Any]], args: tuple[Any
 def _serve(channel: Any, worker: weakref.ref[Worker], exited: Any) -> None:
     """A worker thread's whole life."""
     _local.worker = worker
+    me = threading.get_native_id()
+    _placement.ours.add(me)
     try:
         channel.serve()
     finally:
+        _placement.ours.discard(me)
         exited.set()
 
 
@@ -417,6 +427,8 @@ class WorkerPool:
 
     #: The bound on a cancelled call on these workers (None: the default).
     cancel_timeout: Optional[float] = None
+    #: Whether these workers follow the thread placement (see ``_placement``).
+    placement: bool = _placement.DEFAULT
 
     def __init__(self, limit: int) -> None:
         if limit < 1:
@@ -529,7 +541,6 @@ _workers: weakref.WeakSet[Worker] = weakref.WeakSet()
 
 @_fork.in_child
 def _reset_after_fork() -> None:
-    _in_flight.n = 0
     workers = list(_workers)
     _workers.clear()
     for worker in workers:
