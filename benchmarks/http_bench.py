@@ -10,7 +10,17 @@ one worker, and loaded by ``wrk`` over keep-alive connections:
 * ``hypercorn-trio``: hypercorn ``-k trio`` (sqlalchemy_anyio only: the
   official extension does not run on trio);
 * ``hypercorn-asyncio``: hypercorn ``-k asyncio``, both systems: the same
-  server as the trio row on asyncio, to tell the server's share from the loop's.
+  server as the trio row on asyncio, to tell the server's share from the loop's;
+* ``uvicorn-asyncio-w2``, ``uvicorn-uvloop-w2``: uvicorn ``--workers 2``, and
+  ``gunicorn-uvloop-w2``: gunicorn with two ``uvicorn_worker.UvicornWorker``
+  processes (uvloop, httptools): two server processes on this host (not in the
+  default ``--stacks``).
+
+``--systems`` may add ``anyio-off``: sqlalchemy_anyio with
+``thread_placement="off"``.  ``--mixed`` loads, at the same time as each
+endpoint, ``/hash`` (a password hash in ``anyio.to_thread``, GIL-free CPU work)
+with a second ``wrk`` of ``--hash-connections`` connections, and reports both
+throughputs: what thread placement costs an application that also does such work.
 
 For every (round, database, server, system) a fresh server process serves every
 endpoint in turn: a warm-up ``wrk`` run, then the measured one; the app's
@@ -47,9 +57,10 @@ ROOT = os.path.dirname(HERE)
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 DEFAULT_MYSQL_URL = "mysql://root@127.0.0.1:3306/test"
 DB_TITLES = {"postgresql": "PostgreSQL", "mysql": "MariaDB", "sqlite": "SQLite"}
-SYSTEMS = ["official", "anyio"]
-STACKS = ["uvicorn-asyncio", "uvicorn-uvloop", "hypercorn-asyncio", "hypercorn-trio"]
-DEFAULT_STACKS = STACKS
+SYSTEMS = ["official", "anyio", "anyio-off"]
+DEFAULT_SYSTEMS = ["official", "anyio"]
+DEFAULT_STACKS = ["uvicorn-asyncio", "uvicorn-uvloop", "hypercorn-asyncio", "hypercorn-trio"]
+STACKS = [*DEFAULT_STACKS, "uvicorn-asyncio-w2", "uvicorn-uvloop-w2", "gunicorn-uvloop-w2"]
 ENDPOINTS = ["db", "updates", "author"]
 # the official extension's configuration a row is compared with
 BASELINE = {
@@ -57,6 +68,9 @@ BASELINE = {
     "uvicorn-uvloop": "uvicorn-uvloop",
     "hypercorn-trio": "uvicorn-asyncio",
     "hypercorn-asyncio": "hypercorn-asyncio",
+    "uvicorn-asyncio-w2": "uvicorn-asyncio-w2",
+    "uvicorn-uvloop-w2": "uvicorn-uvloop-w2",
+    "gunicorn-uvloop-w2": "gunicorn-uvloop-w2",
 }
 
 
@@ -75,12 +89,19 @@ def free_port() -> int:
 
 
 def server_command(stack: str, port: int) -> List[str]:
+    workers = "2" if stack.endswith("-w2") else "1"
     if stack.startswith("uvicorn-"):
         return [
             sys.executable, "-m", "uvicorn", "http_app:app", "--app-dir", HERE,
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            "--host", "127.0.0.1", "--port", str(port), "--workers", workers,
             "--loop", stack.split("-")[1], "--http", "httptools",
             "--no-access-log", "--log-level", "warning",
+        ]  # fmt: skip
+    if stack.startswith("gunicorn-"):
+        return [
+            sys.executable, "-m", "gunicorn", "http_app:app", "--chdir", HERE,
+            "-k", "uvicorn_worker.UvicornWorker", "-w", workers,
+            "-b", f"127.0.0.1:{port}", "--log-level", "warning",
         ]  # fmt: skip
     # -w 0: serve in this process (hypercorn's -w 1 forks a worker)
     return [
@@ -143,9 +164,19 @@ class Server:
                 time.sleep(0.2)
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the serving process (all its threads)."""
-        fields = proc_stat(str(self.pid))[1]
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        """User + system CPU time of the server's processes (all their threads):
+        the one started and, with several workers, its children (one session)."""
+        ticks = 0
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                fields = proc_stat(pid)[1]
+            except OSError:
+                continue
+            if int(fields[3]) == self.proc.pid:  # the session the server leads
+                ticks += int(fields[11]) + int(fields[12])
+        return ticks / CLOCK_TICKS
 
     def log_text(self) -> str:
         with open(self.log.name, errors="replace") as f:
@@ -227,6 +258,35 @@ def wrk(url: str, seconds: int, connections: int, threads: int) -> Dict[str, Any
     return parse_wrk(proc.stdout)
 
 
+def wrk_mixed(base: str, path: str, args: argparse.Namespace) -> Dict[str, Any]:
+    """``path`` and ``/hash`` loaded at once by two ``wrk``; the first's figures,
+    with the hashes' req/s and p99 beside them."""
+    seconds = args.duration
+
+    def command(target: str, conns: int) -> List[str]:
+        return [
+            "wrk", "-t", "1", "-c", str(conns), "-d", f"{seconds}s",
+            "--timeout", "10s", "--latency", base + target,
+        ]  # fmt: skip
+
+    procs = [
+        subprocess.Popen(
+            command(target, conns),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for target, conns in ((path, args.connections), ("/hash", args.hash_connections))
+    ]
+    outs = [proc.communicate(timeout=seconds + 60)[0] for proc in procs]
+    run, hashed = parse_wrk(outs[0]), parse_wrk(outs[1])
+    run["hash_rps"] = hashed["rps"]
+    run["hash_p99_ms"] = hashed["p99_ms"]
+    run["non_2xx"] += hashed["non_2xx"]
+    run["socket_errors"] += hashed["socket_errors"]
+    return run
+
+
 # ---------------------------------------------------------------------------
 # one server process: every endpoint, warm-up then measured
 
@@ -245,9 +305,15 @@ def measure_server(
                 server.check(endpoint, path, args.queries)
                 wrk(server.base + path, args.warmup, args.connections, args.threads)
                 before, cpu0 = server.get("/stats"), server.cpu_seconds()
-                run = wrk(server.base + path, args.duration, args.connections, args.threads)
+                if args.mixed:
+                    run = wrk_mixed(server.base, path, args)
+                else:
+                    run = wrk(server.base + path, args.duration, args.connections, args.threads)
                 after, cpu1 = server.get("/stats"), server.cpu_seconds()
-                run["new_connections"] = after["connects"] - before["connects"]
+                # with several workers /stats is one of them: its count says nothing
+                run["new_connections"] = (
+                    None if stack.endswith("-w2") else after["connects"] - before["connects"]
+                )
                 run["cpu_ms_per_req"] = (cpu1 - cpu0) / max(run.get("requests", 0), 1) * 1e3
                 run["cpu_share"] = (cpu1 - cpu0) / run.get("seconds", args.duration)
                 run["pool_after"] = after["pool"]
@@ -303,6 +369,8 @@ def summarize(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
         "new_connections": med("new_connections"),
         "cpu_ms_per_req": med("cpu_ms_per_req"),
         "cpu_share": med("cpu_share"),
+        "hash_rps": med("hash_rps"),
+        "hash_p99_ms": med("hash_p99_ms"),
         "errors": sum(_errors(r) for r in ok),
         "rounds": len(used),
         "left_out_rounds": len(ok) - len(used),
@@ -329,9 +397,17 @@ def _f(v: Optional[float], fmt: str) -> str:
     return "-" if v is None else fmt.format(v)
 
 
+SYSTEM_LABELS = {
+    "official": "official",
+    "anyio": "sqlalchemy_anyio",
+    "anyio-off": "sqlalchemy_anyio, placement off",
+}
+
+
 def render(doc: Dict[str, Any]) -> str:
     meta, summary = doc["meta"], doc["summary"]
     env = meta["environment"]
+    mixed = meta["config"].get("mixed", False)
     lines = [
         f"HTTP benchmark {meta['date']} commit {meta.get('commit')}: python {env['python']}, "
         f"SQLAlchemy {env['SQLAlchemy']}, FastAPI {env['fastapi']}, uvicorn {env['uvicorn']}, "
@@ -353,20 +429,32 @@ def render(doc: Dict[str, Any]) -> str:
         "the medians while a clean round exists.",
         "",
         "| database | endpoint | server/loop | system | req/s | min-max | x official "
-        "| p50 ms | p99 ms | new conns | CPU ms/req | server CPU | errors |",
-        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| p50 ms | p99 ms | new conns | CPU ms/req | server CPU | errors |"
+        + (" /hash req/s | /hash p99 ms |" if mixed else ""),
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        + (" ---: | ---: |" if mixed else ""),
     ]
+    if mixed:
+        lines[2:2] = [
+            f"Mixed load: each endpoint under wrk while a second wrk of "
+            f"{meta['config']['hash_connections']} connection(s) loads /hash (scrypt in "
+            "anyio.to_thread) at the same time; /hash req/s is the hashing throughput.",
+            "",
+        ]
     for kind, by_ep in summary.items():
         for endpoint, by_stack in by_ep.items():
             for stack, by_system in by_stack.items():
                 for system, s in by_system.items():
                     server = stack.replace("-", "/")
-                    label = "sqlalchemy_anyio" if system == "anyio" else "official"
+                    label = SYSTEM_LABELS[system]
                     head = f"| {DB_TITLES[kind]} | {endpoint_label(endpoint, meta)} | {server} "
                     if "rps" not in s:
-                        lines.append(f"{head}| {label} | failed: {s['error'][:150]} |" + " |" * 8)
+                        lines.append(
+                            f"{head}| {label} | failed: {s['error'][:150]} |"
+                            + " |" * (10 if mixed else 8)
+                        )
                         continue
-                    ratio = _ratio(s, by_stack, BASELINE[stack]) if system == "anyio" else "1.00"
+                    ratio = "1.00" if system == "official" else _ratio(s, by_stack, BASELINE[stack])
                     if stack == "hypercorn-trio" and "hypercorn-asyncio" in by_stack:
                         ratio += f" ({_ratio(s, by_stack, 'hypercorn-asyncio')} vs hypercorn)"
                     lines.append(
@@ -376,6 +464,12 @@ def render(doc: Dict[str, Any]) -> str:
                         f"| {_f(s['cpu_ms_per_req'], '{:.2f}')} "
                         f"| {_f(s.get('cpu_share'), '{:.0%}')} "
                         f"| {_errors_cell(s)} |"
+                        + (
+                            f" {_f(s.get('hash_rps'), '{:.0f}')} "
+                            f"| {_f(s.get('hash_p99_ms'), '{:.1f}')} |"
+                            if mixed
+                            else ""
+                        )
                     )
     for note in meta.get("notes", []):
         lines.append(f"\nnote: {note}")
@@ -447,7 +541,12 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--db", default="postgresql,mysql,sqlite", help="databases (comma list)")
     p.add_argument("--stacks", default=",".join(DEFAULT_STACKS),
                    help=f"servers/loops (comma list of {', '.join(STACKS)})")  # fmt: skip
-    p.add_argument("--systems", default=",".join(SYSTEMS), help="official,anyio")
+    p.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS),
+                   help=f"comma list of {', '.join(SYSTEMS)}")  # fmt: skip
+    p.add_argument("--mixed", action="store_true",
+                   help="load /hash (GIL-free work in threads) beside each endpoint")  # fmt: skip
+    p.add_argument("--hash-connections", type=int, default=4,
+                   help="wrk connections on /hash with --mixed")  # fmt: skip
     p.add_argument("--endpoints", default=",".join(ENDPOINTS), help="db,updates,author")
     p.add_argument("--queries", type=int, default=5, help="rows per /updates request")
     p.add_argument("--rounds", type=int, help="default 3 (--quick: 1)")
@@ -578,6 +677,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 "queries": args.queries,
                 "stacks": args.stack_list,
                 "endpoints": args.endpoints,
+                "mixed": args.mixed,
+                "hash_connections": args.hash_connections,
             },
             "databases": {
                 k: sa.make_url(v).render_as_string(hide_password=True) for k, v in bases.items()

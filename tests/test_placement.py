@@ -96,9 +96,7 @@ async def test_overlapping_calls_pack_loop_and_workers_onto_one_cpu(
         await engine.dispose()
 
 
-async def test_released_when_calls_stop_overlapping(
-    sqlite_url: str, quick: frozenset[int]
-) -> None:
+async def test_released_when_calls_stop_overlapping(sqlite_url: str, quick: frozenset[int]) -> None:
     engine = create_async_engine(sqlite_url, pool_size=4)
     try:
         await _load(engine)

@@ -41,12 +41,12 @@ from ._base import (
     StartableContext,
     asyncstartablecontext,
 )
-from ._bridge import _placement
 from ._bridge import (
     CANCEL_TIMEOUT,
     SharedWorkerPool,
     Worker,
     WorkerPool,
+    _placement,
     bound_seconds,
     engine_gate,
     give_back_later,
