@@ -39,6 +39,10 @@ def _cpus(_: Any = None) -> frozenset[int]:
     return frozenset(os.sched_getaffinity(0))
 
 
+def _policy(_: Any = None) -> int:
+    return os.sched_getscheduler(0)
+
+
 @pytest.fixture
 def quick(monkeypatch: pytest.MonkeyPatch) -> Iterator[frozenset[int]]:
     """A short release delay and keeper round; every loop released after.
@@ -92,6 +96,8 @@ async def test_overlapping_calls_pack_loop_and_workers_onto_one_cpu(
             # a worker that ran a job since the packing is on the loop's CPU
             assert await c1.run_sync(_cpus) == {cpu}
             assert await c2.run_sync(_cpus) == {cpu}
+            # and never preempts the thread running (see channel_follow_placement)
+            assert await c1.run_sync(_policy) == os.SCHED_BATCH
     finally:
         await engine.dispose()
 
@@ -111,6 +117,7 @@ async def test_released_when_calls_stop_overlapping(sqlite_url: str, quick: froz
             assert _cpus() == quick
             assert _placement.packed_cpu() is None
             assert await conn.run_sync(_cpus) == quick  # the worker too
+            assert await conn.run_sync(_policy) == os.SCHED_OTHER
         await _until(
             lambda: not any(t.name == KEEPER for t in threading.enumerate()),
             "the keeper thread ends once no loop is packed",

@@ -138,8 +138,8 @@ def reset_after_fork() -> None:
 
 
 #: (generation, CPUs, packed): where placed workers run from their next job
-#: on (see _placement.py).  Replaced whole, so a reader sees one consistent
-#: tuple; this bridge never spins, so ``packed`` is only reported.
+#: on, and whether they share the loop's CPU (see _placement.py).  Replaced
+#: whole, so a reader sees one consistent tuple.
 _placement: tuple[int, Optional[frozenset[int]], bool] = (0, None, False)
 _placement_lock = threading.Lock()
 
@@ -155,16 +155,24 @@ def set_placement(cpus: Iterable[int], packed: bool) -> None:
         _placement = (_placement[0] + 1, chosen, bool(packed))
 
 
-def _follow_placement(applied: int) -> int:
-    """Move this worker's thread where the placement says if it changed
-    since ``applied``; returns the generation now applied."""
-    generation, cpus, _ = _placement
-    if generation != applied and cpus is not None:
-        try:
-            os.sched_setaffinity(0, cpus)
-        except (AttributeError, OSError):  # not Linux, or not allowed: stays
-            pass
-    return generation
+def _follow_placement(applied: int, policy: Optional[int]) -> tuple[int, Optional[int]]:
+    """Move this worker's thread where the placement says if it changed since
+    ``applied``, as the C twin does (SCHED_BATCH while packed, for a thread of
+    the usual policy ``policy``); returns the generation applied and the policy."""
+    generation, cpus, packed = _placement
+    if generation == applied or cpus is None:
+        return generation, policy
+    try:
+        os.sched_setaffinity(0, cpus)
+        if policy is None:
+            policy = os.sched_getscheduler(0)
+        if policy == os.SCHED_OTHER:
+            os.sched_setscheduler(
+                0, os.SCHED_BATCH if packed else os.SCHED_OTHER, os.sched_param(0)
+            )
+    except (AttributeError, OSError):  # not Linux, or not allowed: stays
+        pass
+    return generation, policy
 
 
 def _report_unraisable(exc: BaseException, obj: object) -> None:
@@ -361,7 +369,7 @@ class Channel:
     def serve(self) -> None:
         """The worker's loop: run queued jobs, in order, until ``None``."""
         gate = self._gate
-        applied = 0
+        applied, policy = 0, None
         while True:
             if gate is not None:
                 with self._cond:
@@ -374,7 +382,7 @@ class Channel:
                     _wake(gate._leave(self))
                 return
             if self._placed and _placement[0] != applied:
-                applied = _follow_placement(applied)
+                applied, policy = _follow_placement(applied, policy)
             self._started = time.monotonic()
             job.run()
             self._started = None
