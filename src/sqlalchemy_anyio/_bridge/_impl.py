@@ -97,6 +97,18 @@ def new_channel(gate: Optional[Gate] = None, placed: bool = False) -> Channel:
 
 
 _get_running_loop = asyncio._get_running_loop
+_trio_side: Any = None
+
+
+def _trio() -> Any:
+    """The trio side of the bridge, imported once, on first use under trio
+    (trio need not be installed)."""
+    global _trio_side
+    if _trio_side is None:
+        from . import _trio as side
+
+        _trio_side = side
+    return _trio_side
 
 
 def loop_is_idle() -> bool:
@@ -110,35 +122,27 @@ def loop_is_idle() -> bool:
     if loop is not None:
         ready = getattr(loop, "_ready", None)  # asyncio's deque of ready handles
         return ready is None or not ready
-    import trio
-
-    return trio.lowlevel.current_statistics().tasks_runnable == 0
+    return _trio().is_idle()  # type: ignore[no-any-return]
 
 
 def wait(job: Any) -> Awaitable[None]:
     """Await completion of ``job`` on whichever event loop is running."""
     if _get_running_loop() is not None:
         return _asyncio.wait(job)
-    from . import _trio
-
-    return _trio.wait(job)
+    return _trio().wait(job)  # type: ignore[no-any-return]
 
 
 def wait_for(job: Any, timeout: float) -> Awaitable[bool]:
     """Like :func:`wait`, giving up after ``timeout`` seconds; False if it did."""
     if _get_running_loop() is not None:
         return _asyncio.wait_for(job, timeout)
-    from . import _trio
-
-    return _trio.wait_for(job, timeout)
+    return _trio().wait_for(job, timeout)  # type: ignore[no-any-return]
 
 
 def checkpoint() -> Awaitable[None]:
     if _get_running_loop() is not None:
         return asyncio.sleep(0)
-    import trio
-
-    return trio.lowlevel.checkpoint()
+    return _trio().checkpoint()  # type: ignore[no-any-return]
 
 
 __all__ = [

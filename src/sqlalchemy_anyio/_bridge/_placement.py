@@ -40,7 +40,7 @@ from . import _impl
 #: Seconds without overlapping calls after which a packed loop is released.
 RELEASE_AFTER = 1.0
 #: Seconds between the keeper's rounds while a loop is packed.
-KEEP_EVERY = 0.1
+KEEP_EVERY = 0.25
 
 _clock = time.monotonic
 _MODES = ("auto", "off")
@@ -216,12 +216,10 @@ def _start_keeper() -> None:
 def _keep() -> None:
     """The keeper's life: release quiet loops, give newcomers their CPUs back."""
     global _keeper
+    # It stays on the packed CPU it was started on: taking the GIL from a
+    # thread on another CPU is just the hand-off packing avoids.
     me = threading.get_native_id()
     ours.add(me)
-    try:
-        os.sched_setaffinity(0, _workers_home)  # it started on a packed loop's CPU
-    except OSError:
-        pass
     try:
         while True:
             time.sleep(KEEP_EVERY)

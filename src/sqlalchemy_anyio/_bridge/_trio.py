@@ -83,6 +83,14 @@ def _wakeups() -> _Wakeups:
     return wakeups
 
 
+checkpoint = trio.lowlevel.checkpoint
+
+
+def is_idle() -> bool:
+    """True if no other task is ready to run in this trio run."""
+    return trio.lowlevel.current_statistics().tasks_runnable == 0
+
+
 async def wait(job: Any) -> None:
     """Suspend until ``job`` completes."""
     task = trio.lowlevel.current_task()
