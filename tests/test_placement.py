@@ -85,7 +85,7 @@ async def _until(condition: Any, what: str, seconds: float = 5.0) -> None:
 async def test_overlapping_calls_pack_loop_and_workers_onto_one_cpu(
     sqlite_url: str, quick: frozenset[int]
 ) -> None:
-    engine = create_async_engine(sqlite_url, pool_size=4)
+    engine = create_async_engine(sqlite_url, pool_size=4, thread_placement="on")
     try:
         seen = await _load(engine)
         cpu = _placement.packed_cpu()
@@ -103,7 +103,7 @@ async def test_overlapping_calls_pack_loop_and_workers_onto_one_cpu(
 
 
 async def test_released_when_calls_stop_overlapping(sqlite_url: str, quick: frozenset[int]) -> None:
-    engine = create_async_engine(sqlite_url, pool_size=4)
+    engine = create_async_engine(sqlite_url, pool_size=4, thread_placement="on")
     try:
         await _load(engine)
         assert _placement.packed_cpu() is not None
@@ -126,8 +126,30 @@ async def test_released_when_calls_stop_overlapping(sqlite_url: str, quick: froz
         await engine.dispose()
 
 
+async def test_auto_packs_for_a_server_database(server_url: str, quick: frozenset[int]) -> None:
+    engine = create_async_engine(server_url, pool_size=4)
+    try:
+        seen = await _load(engine, calls=10)
+        cpu = _placement.packed_cpu()
+        assert cpu is not None
+        assert frozenset({cpu}) in seen
+    finally:
+        await engine.dispose()
+
+
+async def test_auto_leaves_sqlite_alone(sqlite_url: str, quick: frozenset[int]) -> None:
+    # SQLite's own work without the GIL gains from a second CPU (see _placement.placed)
+    engine = create_async_engine(sqlite_url, pool_size=4)
+    try:
+        seen = await _load(engine)
+        assert seen == {quick}
+        assert _placement.packed_cpu() is None
+    finally:
+        await engine.dispose()
+
+
 async def test_one_task_at_a_time_is_never_packed(sqlite_url: str, quick: frozenset[int]) -> None:
-    engine = create_async_engine(sqlite_url)
+    engine = create_async_engine(sqlite_url, thread_placement="on")
     try:
         async with engine.connect() as c1, engine.connect() as c2:
             for _ in range(50):
@@ -143,7 +165,7 @@ async def test_off_on_a_free_threaded_build(
     sqlite_url: str, quick: frozenset[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_placement, "gil_enabled", lambda: False)
-    engine = create_async_engine(sqlite_url, pool_size=4)
+    engine = create_async_engine(sqlite_url, pool_size=4, thread_placement="on")
     try:
         seen = await _load(engine)
         assert seen == {quick}
@@ -155,7 +177,7 @@ async def test_off_on_a_free_threaded_build(
 async def test_off_when_the_thread_has_one_cpu(sqlite_url: str, quick: frozenset[int]) -> None:
     only = min(quick)
     os.sched_setaffinity(0, {only})
-    engine = create_async_engine(sqlite_url, pool_size=4)
+    engine = create_async_engine(sqlite_url, pool_size=4, thread_placement="on")
     try:
         await _load(engine)
         assert _placement.packed_cpu() is None
@@ -166,10 +188,10 @@ async def test_off_when_the_thread_has_one_cpu(sqlite_url: str, quick: frozenset
         _placement.loop.placeable = True  # this thread may be packed again later
 
 
-async def test_off_when_the_engine_says_so(sqlite_url: str, quick: frozenset[int]) -> None:
-    engine = create_async_engine(sqlite_url, pool_size=4, thread_placement="off")
+async def test_off_when_the_engine_says_so(server_url: str, quick: frozenset[int]) -> None:
+    engine = create_async_engine(server_url, pool_size=4, thread_placement="off")
     try:
-        seen = await _load(engine)
+        seen = await _load(engine, calls=10)
         assert seen == {quick}
         assert _placement.packed_cpu() is None
     finally:
@@ -177,9 +199,13 @@ async def test_off_when_the_engine_says_so(sqlite_url: str, quick: frozenset[int
 
 
 def test_thread_placement_option_is_validated(sqlite_url: str) -> None:
-    with pytest.raises(sa.exc.ArgumentError, match="thread_placement must be 'auto' or 'off'"):
+    with pytest.raises(
+        sa.exc.ArgumentError, match="thread_placement must be 'auto', 'on' or 'off'"
+    ):
         create_async_engine(sqlite_url, thread_placement="always")
-    with pytest.raises(sa.exc.ArgumentError, match="thread_placement must be 'auto' or 'off'"):
+    with pytest.raises(
+        sa.exc.ArgumentError, match="thread_placement must be 'auto', 'on' or 'off'"
+    ):
         create_async_engine(sqlite_url, thread_placement=True)
 
 
@@ -194,7 +220,7 @@ def test_bad_environment_default_is_refused() -> None:
         timeout=60,
     )
     assert proc.returncode != 0
-    assert "SQLALCHEMY_ANYIO_THREAD_PLACEMENT must be 'auto' or 'off', not 'sometimes'" in (
+    assert "SQLALCHEMY_ANYIO_THREAD_PLACEMENT must be 'auto', 'on' or 'off', not 'sometimes'" in (
         proc.stderr
     )
 
@@ -202,7 +228,7 @@ def test_bad_environment_default_is_refused() -> None:
 async def test_threads_started_from_a_packed_loop_get_its_cpus_back(
     sqlite_url: str, quick: frozenset[int]
 ) -> None:
-    engine = create_async_engine(sqlite_url, pool_size=4)
+    engine = create_async_engine(sqlite_url, pool_size=4, thread_placement="on")
     stop = anyio.Event()
     inherited: list[frozenset[int]] = []
     later: list[frozenset[int]] = []
@@ -261,7 +287,7 @@ SPREAD = textwrap.dedent(
     _placement.RELEASE_AFTER = 3600  # stay packed while the parent looks
 
     async def load(url):
-        engine = create_async_engine(url, pool_size=4)
+        engine = create_async_engine(url, pool_size=4, thread_placement="on")
         async def task():
             async with engine.connect() as conn:
                 for _ in range(20):

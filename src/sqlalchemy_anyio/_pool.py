@@ -57,7 +57,7 @@ class WorkerQueuePool(QueuePool):
     gate: Optional[Any] = None
     #: Whether this pool's workers follow the thread placement (the engine's
     #: ``thread_placement``; see ``_bridge._placement``).
-    placement: bool = _placement.DEFAULT
+    placement: bool = _placement.placed(_placement.DEFAULT, local=False)
 
     def __init__(
         self,

@@ -90,9 +90,9 @@ def create_async_engine(url: Union[str, URL], **kw: Any) -> AsyncEngine:
 
     Options of this package: ``cancel_timeout=`` (seconds; the bound on a
     cancelled call, see docs/cancellation.md) and ``thread_placement=``
-    (``"auto"``, the default, or ``"off"``: whether the event loop's thread
-    and this engine's workers share one CPU under concurrent load, see
-    docs/bridge.md).
+    (whether the event loop's thread and this engine's workers share one CPU
+    under concurrent load: ``"auto"``, the default, for databases on a
+    server; ``"on"``, SQLite too; ``"off"``; see docs/bridge.md).
     """
     if kw.get("server_side_cursors", False):
         raise async_exc.AsyncMethodRequired(
@@ -102,7 +102,7 @@ def create_async_engine(url: Union[str, URL], **kw: Any) -> AsyncEngine:
         )
     kw.pop("_is_async", None)
     cancel_timeout = _cancel_timeout(kw.pop("cancel_timeout", None))
-    placement = _thread_placement(kw.pop("thread_placement", None))
+    placement = _thread_placement(kw.pop("thread_placement", _placement.DEFAULT))
     given = make_url(url)
     native = _async_drivers.native_url(given, kw.pop("async_driver", None))
     async_creator = kw.pop("async_creator", None)
@@ -124,8 +124,7 @@ def create_async_engine(url: Union[str, URL], **kw: Any) -> AsyncEngine:
     workers = workers_for(engine.sync_engine)
     if cancel_timeout is not None:
         workers.cancel_timeout = cancel_timeout
-    if placement is not None:
-        workers.placement = placement
+    workers.placement = _placement.placed(placement, local=sync_engine.dialect.name == "sqlite")
     if isinstance(workers, WorkerQueuePool):
         workers.gate = engine_gate(local=sync_engine.dialect.name == "sqlite")
     return engine
@@ -144,10 +143,8 @@ def _cancel_timeout(value: Any) -> Optional[float]:
     return seconds
 
 
-def _thread_placement(value: Any) -> Optional[bool]:
-    """The ``thread_placement=`` engine option: ``"auto"`` or ``"off"`` (None: the default)."""
-    if value is None:
-        return None
+def _thread_placement(value: Any) -> str:
+    """The ``thread_placement=`` engine option: ``"auto"``, ``"on"`` or ``"off"``."""
     try:
         return _placement.parse_mode(value)
     except ValueError as error:

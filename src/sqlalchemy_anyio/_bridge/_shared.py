@@ -27,7 +27,7 @@ class SharedWorkerPool:
     #: The bound on a cancelled call on the worker (None: the default).
     cancel_timeout: Optional[float] = None
     #: Whether the worker follows the thread placement (see ``_placement``).
-    placement: bool = _placement.DEFAULT
+    placement: bool = _placement.placed(_placement.DEFAULT, local=False)
 
     def __init__(self) -> None:
         self.limit = 1

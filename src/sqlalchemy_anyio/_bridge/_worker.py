@@ -108,7 +108,7 @@ class Worker:
         self.broken = False
         #: Whether this worker follows the thread placement (its engine's
         #: ``thread_placement``): then the loops calling it may be packed.
-        self.placed = _placement.SUPPORTED and getattr(pool, "placement", _placement.DEFAULT)
+        self.placed = _placement.SUPPORTED and bool(getattr(pool, "placement", False))
         self._channel = _impl.new_channel(getattr(pool, "gate", None), self.placed)
         self._exited = _impl.Job()
         #: Calls left before the loop tries spinning again, and the back-off
@@ -428,7 +428,7 @@ class WorkerPool:
     #: The bound on a cancelled call on these workers (None: the default).
     cancel_timeout: Optional[float] = None
     #: Whether these workers follow the thread placement (see ``_placement``).
-    placement: bool = _placement.DEFAULT
+    placement: bool = _placement.placed(_placement.DEFAULT, local=False)
 
     def __init__(self, limit: int) -> None:
         if limit < 1:
