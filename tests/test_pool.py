@@ -30,7 +30,7 @@ class _Threads:
     def __init__(self, engine: AsyncEngine) -> None:
         self.lock = threading.Lock()
         self.seen: dict[int, dict[str, set[int]]] = {}
-        self.connects = 0
+        self.connects = self.closes = 0
         for name in ("connect", "checkout", "checkin", "close"):
             event.listen(engine.sync_engine.pool, name, self._recorder(name))
 
@@ -39,6 +39,8 @@ class _Threads:
             with self.lock:
                 if name == "connect":
                     self.connects += 1
+                elif name == "close":
+                    self.closes += 1
                 by_event = self.seen.setdefault(id(dbapi_connection), {})
                 by_event.setdefault(name, set()).add(threading.get_ident())
 
@@ -116,9 +118,79 @@ async def test_new_connections_stay_within_the_pool(db_url: str) -> None:
         assert done == 640
         assert 1 <= threads.connects <= 15
         assert engine.pool.checkedout() == 0
-        assert engine.pool.checkedin() <= 5  # what overflows is closed again
+        # what overflows is closed again once the pool has not needed it for
+        # overflow_linger (1 s)
+        pool = engine.pool
+        with anyio.fail_after(10):
+            while pool.checkedin() > 5 or threads.closes < threads.connects - pool.checkedin():
+                await anyio.sleep(0.05)  # the closes run on the workers' threads
+        assert threads.closes == threads.connects - pool.checkedin()
     finally:
         await engine.dispose()
+
+
+async def _hold(engine: AsyncEngine, n: int) -> None:
+    """Check out ``n`` connections at once, use them, give them back."""
+    async with anyio.create_task_group() as tg:
+        gate = anyio.Event()
+        ready = 0
+
+        async def one() -> None:
+            nonlocal ready
+            async with engine.connect() as conn:
+                await conn.scalar(ONE)
+                ready += 1
+                if ready == n:
+                    gate.set()
+                await gate.wait()
+
+        for _ in range(n):
+            tg.start_soon(one)
+
+
+async def test_overflow_connections_linger_then_close(db_url: str) -> None:
+    engine = create_async_engine(db_url, pool_size=1, max_overflow=2, overflow_linger=0.3)
+    threads = _Threads(engine)
+    try:
+        await _hold(engine, 3)
+        assert threads.connects == 3
+        assert engine.pool.checkedin() == 3  # the overflow is kept for now ...
+        await _hold(engine, 3)
+        assert threads.connects == 3  # ... and used again without reconnecting
+        with anyio.fail_after(10):
+            while engine.pool.checkedin() > 1:
+                await anyio.sleep(0.02)
+        # ... then closed, on their own threads, once not needed for 0.3 s
+        with anyio.fail_after(10):
+            while threads.closes < 2:
+                await anyio.sleep(0.02)
+        assert threads.one_thread_each(), threads.seen
+        assert engine.pool.overflow() == 0  # one connection open, pool_size 1
+        await _hold(engine, 1)
+        assert threads.connects == 3  # the one kept serves on
+    finally:
+        await engine.dispose()
+    assert not [t for t in threading.enumerate() if t.name == "sqlalchemy-anyio-pool-trim"]
+
+
+async def test_overflow_linger_zero_closes_at_once_as_queuepool(db_url: str) -> None:
+    engine = create_async_engine(db_url, pool_size=1, max_overflow=2, overflow_linger=0)
+    threads = _Threads(engine)
+    try:
+        await _hold(engine, 3)
+        assert engine.pool.checkedin() == 1
+        await _hold(engine, 3)
+        assert threads.connects == 5
+    finally:
+        await engine.dispose()
+
+
+def test_overflow_linger_is_validated(sqlite_url: str) -> None:
+    for bad in (-1, "soon", 7200, True):
+        with pytest.raises(sa.exc.ArgumentError, match="overflow_linger must be a number"):
+            create_async_engine(sqlite_url, overflow_linger=bad)
+    with pytest.raises(sa.exc.ArgumentError, match="overflow_linger applies to a QueuePool"):
+        create_async_engine(sqlite_url, poolclass=sa.pool.NullPool, overflow_linger=1)
 
 
 async def test_committed_session_does_not_starve_others(db_url: str) -> None:

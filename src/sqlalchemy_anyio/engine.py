@@ -92,7 +92,10 @@ def create_async_engine(url: Union[str, URL], **kw: Any) -> AsyncEngine:
     cancelled call, see docs/cancellation.md) and ``thread_placement=``
     (whether the event loop's thread and this engine's workers share one CPU
     under concurrent load: ``"auto"``, the default, for databases on a
-    server; ``"on"``, SQLite too; ``"off"``; see docs/bridge.md).
+    server; ``"on"``, SQLite too; ``"off"``; see docs/bridge.md) and
+    ``overflow_linger=`` (seconds, default 1: how long an overflow connection
+    no task needs stays open before the pool closes it; QueuePool closes it
+    at once, 0).
     """
     if kw.get("server_side_cursors", False):
         raise async_exc.AsyncMethodRequired(
@@ -103,6 +106,7 @@ def create_async_engine(url: Union[str, URL], **kw: Any) -> AsyncEngine:
     kw.pop("_is_async", None)
     cancel_timeout = _cancel_timeout(kw.pop("cancel_timeout", None))
     placement = _thread_placement(kw.pop("thread_placement", _placement.DEFAULT))
+    linger = _overflow_linger(kw.pop("overflow_linger", None))
     given = make_url(url)
     native = _async_drivers.native_url(given, kw.pop("async_driver", None))
     async_creator = kw.pop("async_creator", None)
@@ -127,6 +131,13 @@ def create_async_engine(url: Union[str, URL], **kw: Any) -> AsyncEngine:
     workers.placement = _placement.placed(placement, local=sync_engine.dialect.name == "sqlite")
     if isinstance(workers, WorkerQueuePool):
         workers.gate = engine_gate(local=sync_engine.dialect.name == "sqlite")
+        if linger is not None:
+            workers.overflow_linger = linger
+    elif linger is not None:
+        raise exc.ArgumentError(
+            f"overflow_linger applies to a QueuePool; this engine's pool is a "
+            f"{type(sync_engine.pool).__name__}"
+        )
     return engine
 
 
@@ -139,6 +150,23 @@ def _cancel_timeout(value: Any) -> Optional[float]:
         raise exc.ArgumentError(
             f"cancel_timeout must be a number of seconds above 0, not {value!r}: it bounds "
             "how long a cancelled call waits for its statement, interrupt and recovery."
+        )
+    return seconds
+
+
+def _overflow_linger(value: Any) -> Optional[float]:
+    """The ``overflow_linger=`` engine option: seconds, 0 to an hour (None: the default)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if isinstance(value, bool) or not 0 <= seconds <= 3600:
+        raise exc.ArgumentError(
+            f"overflow_linger must be a number of seconds from 0 to 3600, not {value!r}: "
+            "how long an overflow connection the pool does not need is kept before it is "
+            "closed (0: at once, as QueuePool does)."
         )
     return seconds
 
