@@ -15,16 +15,13 @@ opened during the window (a ``connect`` event listener), voluntary and
 involuntary context switches and CPU seconds per request (``getrusage`` of
 the whole process, all threads), the database server's CPU per request (its
 processes in ``/proc``, when it runs on this machine), the share of the
-machine's CPU left idle, and p50/p99 latency.  Client plus server CPU per
-request against the cores the machine has is the ceiling of a run: see
-docs/bridge.md.  ``sync`` is plain
+machine's CPU left idle, and p50/p99 latency.  ``sync`` is plain
 SQLAlchemy with one thread per task on the same pool (a threaded server).
 ``floor`` is the same with one thread: what a request costs the synchronous
-driver and SQLAlchemy with no concurrency at all, the least any design that
-runs them on threads can spend per request.  ``anyio-cdriver`` is
-sqlalchemy_anyio on psycopg2 and mysqlclient instead of psycopg 3 and PyMySQL.
-Under each table, the GIL ceiling: the most any design that runs these
-synchronous drivers on threads can serve (see ``ceiling``).
+driver and SQLAlchemy with no concurrency at all.  ``anyio-cdriver`` is
+sqlalchemy_anyio on psycopg2 and mysqlclient instead of psycopg 3 and PyMySQL;
+``anyio-free`` is sqlalchemy_anyio with ``thread_placement="off"`` (every
+thread where the operating system puts it), to show what placement does.
 """
 
 from __future__ import annotations
@@ -49,7 +46,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 HERE = os.path.dirname(os.path.abspath(__file__))
 ITEMS = 1000
 WORKLOADS = ["read", "write"]
-IMPLS = ["sync", "official", "anyio-C", "anyio-py", "anyio-native", "anyio-cdriver", "floor"]
+IMPLS = [
+    "sync", "official", "anyio-C", "anyio-free", "anyio-py", "anyio-native", "anyio-cdriver",
+    "floor",
+]  # fmt: skip
 BACKENDS = ["asyncio", "uvloop", "trio"]
 DEFAULT_URLS = {
     "sqlite": None,  # a file in a temporary directory
@@ -242,7 +242,10 @@ def run_async(spec: Dict[str, Any]) -> Dict[str, Any]:
     result: Dict[str, Any] = {}
 
     async def main() -> None:
-        engine = mod.create_async_engine(spec["url"], **spec.get("engine_kw", {}))
+        kw = dict(spec.get("engine_kw", {}))
+        if spec["impl"] == "anyio-free":
+            kw["thread_placement"] = "off"
+        engine = mod.create_async_engine(spec["url"], **kw)
         meter = Meter()
         sa.event.listen(engine.sync_engine, "connect", meter.on_connect)
         maker = mod.async_sessionmaker(engine, expire_on_commit=False)
@@ -392,8 +395,8 @@ def plan(impls: List[str], backends: List[str], kind: str) -> List[tuple]:
                 continue
             if impl == "anyio-native" and (backend == "trio" or kind == "sqlite"):
                 continue
-            if impl == "anyio-cdriver" and kind == "sqlite":
-                continue
+            if impl in ("anyio-cdriver", "anyio-free") and kind == "sqlite":
+                continue  # (placement is off for SQLite by default)
             out.append((impl, backend))
     return out
 
@@ -407,31 +410,6 @@ def pick(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
     med = dict(ok[len(ok) // 2])
     med["rps_runs"] = [r["rps"] for r in runs if "rps" in r]
     return med
-
-
-def ceiling(rows: Dict[str, Any]) -> List[str]:
-    """What the GIL allows any design that runs the synchronous driver on threads.
-
-    Python runs on one thread at a time.  Per request the driver and
-    SQLAlchemy need the ``floor`` run's user CPU (one thread, nothing else
-    running) and the event loop's thread its own share for the task (from
-    our asyncio run); neither can overlap the other, so no such design
-    serves more than one request per their sum, even with hand-overs
-    between threads that cost nothing.
-    """
-    official, floor, ours = (
-        rows.get(name, {}) for name in ("official/asyncio", "floor", "anyio-C/asyncio")
-    )
-    if not all("rps" in r for r in (official, floor, ours)):
-        return []
-    serial = floor["user_us_per_req"] + ours["loop_user_us_per_req"]
-    return [
-        f"GIL ceiling: {floor['user_us_per_req']:.0f} µs of Python per request in the driver "
-        f"and SQLAlchemy (floor) + {ours['loop_user_us_per_req']:.0f} µs on the loop's thread "
-        f"(ours) = {serial:.0f} µs that cannot overlap: at most {1e6 / serial:.0f} req/s, "
-        f"{1e6 / serial / official['rps']:.2f}x the official extension, if the "
-        f"{ours['vcsw_per_req']:.0f} hand-overs per request we measure cost nothing"
-    ]
 
 
 def profiles(rows: Dict[str, Any]) -> List[str]:
@@ -470,7 +448,6 @@ def render(results: Dict[str, Any]) -> str:
                     f"| {rec.get('machine_idle', 0):.0%} | {rec['p50_ms']:.1f} "
                     f"| {rec['p99_ms']:.1f} | {spread} |"
                 )
-            lines.extend(ceiling(rows))
             lines.extend(profiles(rows))
     return "\n".join(lines)
 
