@@ -1,5 +1,5 @@
 #!/bin/sh
-# Run the bridge's concurrency tests with the C bridge built under
+# Run the bridge's concurrency tests (and thread placement) with the C bridge built under
 # ThreadSanitizer; any data race in _cbridge fails the run.
 #
 #   sh scripts/tsan.sh [pytest args...]
@@ -65,6 +65,7 @@ status=0
 LD_PRELOAD="$libtsan" SQLALCHEMY_ANYIO_DATABASES=sqlite \
     "$PY" -m pytest -q -p no:cacheprovider \
     tests/test_bridge.py tests/test_bridge_parity.py tests/test_threads.py tests/test_pool.py \
+    tests/test_placement.py \
     "$@" || status=$?
 if [ "$status" -eq 0 ]; then
     # Once more with the gate admitting one worker at a time, and slow jobs

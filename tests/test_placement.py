@@ -137,15 +137,20 @@ async def test_auto_packs_for_a_server_database(server_url: str, quick: frozense
         await engine.dispose()
 
 
-async def test_auto_leaves_sqlite_alone(sqlite_url: str, quick: frozenset[int]) -> None:
-    # SQLite's own work without the GIL gains from a second CPU (see _placement.placed)
-    engine = create_async_engine(sqlite_url, pool_size=4)
+async def _never_packed(url: str, home: frozenset[int], **kw: Any) -> None:
+    """Overlapping calls on an engine made with ``kw`` leave every thread on ``home``."""
+    engine = create_async_engine(url, pool_size=4, **kw)
     try:
-        seen = await _load(engine)
-        assert seen == {quick}
+        seen = await _load(engine, calls=10)
+        assert seen == {home}
         assert _placement.packed_cpu() is None
     finally:
         await engine.dispose()
+
+
+async def test_auto_leaves_sqlite_alone(sqlite_url: str, quick: frozenset[int]) -> None:
+    # SQLite's own work without the GIL gains from a second CPU (see _placement.placed)
+    await _never_packed(sqlite_url, quick)
 
 
 async def test_one_task_at_a_time_is_never_packed(sqlite_url: str, quick: frozenset[int]) -> None:
@@ -165,13 +170,7 @@ async def test_off_on_a_free_threaded_build(
     sqlite_url: str, quick: frozenset[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_placement, "gil_enabled", lambda: False)
-    engine = create_async_engine(sqlite_url, pool_size=4, thread_placement="on")
-    try:
-        seen = await _load(engine)
-        assert seen == {quick}
-        assert _placement.packed_cpu() is None
-    finally:
-        await engine.dispose()
+    await _never_packed(sqlite_url, quick, thread_placement="on")
 
 
 async def test_off_when_the_thread_has_one_cpu(sqlite_url: str, quick: frozenset[int]) -> None:
@@ -189,13 +188,7 @@ async def test_off_when_the_thread_has_one_cpu(sqlite_url: str, quick: frozenset
 
 
 async def test_off_when_the_engine_says_so(server_url: str, quick: frozenset[int]) -> None:
-    engine = create_async_engine(server_url, pool_size=4, thread_placement="off")
-    try:
-        seen = await _load(engine, calls=10)
-        assert seen == {quick}
-        assert _placement.packed_cpu() is None
-    finally:
-        await engine.dispose()
+    await _never_packed(server_url, quick, thread_placement="off")
 
 
 def test_thread_placement_option_is_validated(sqlite_url: str) -> None:
