@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -219,15 +220,22 @@ def test_bad_environment_default_is_refused() -> None:
 
 
 async def test_threads_started_from_a_packed_loop_get_its_cpus_back(
-    sqlite_url: str, quick: frozenset[int]
+    sqlite_url: str, quick: frozenset[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = create_async_engine(sqlite_url, pool_size=4, thread_placement="on")
     stop = anyio.Event()
     inherited: list[frozenset[int]] = []
     later: list[frozenset[int]] = []
+    # the keeper repairs only once the new thread has seen what it inherited
+    seen_inherited = threading.Event()
+    repair = _placement._repair
+    monkeypatch.setattr(
+        _placement, "_repair", lambda *args: seen_inherited.is_set() and repair(*args)
+    )
 
     def thread_body() -> None:
         inherited.append(_cpus())
+        seen_inherited.set()
         for _ in range(300):
             if _cpus() == quick:
                 break
@@ -278,6 +286,7 @@ SPREAD = textwrap.dedent(
     from sqlalchemy_anyio._bridge import _placement
 
     _placement.RELEASE_AFTER = 3600  # stay packed while the parent looks
+    _placement.CLAIMS = sys.argv[3]  # apart from other processes of this host
 
     async def load(url):
         engine = create_async_engine(url, pool_size=4, thread_placement="on")
@@ -310,10 +319,17 @@ SPREAD = textwrap.dedent(
 )
 
 
+def _claims() -> str:
+    """A claim namespace of this test's own: other processes of this host
+    using the package (another test run) must not change what it sees."""
+    return f"sqlalchemy-anyio-test/{uuid.uuid4().hex}"
+
+
 def test_two_processes_choose_different_cpus(tmp_path: Any) -> None:
+    claims = _claims()
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", SPREAD, f"sqlite:///{tmp_path / f'{n}.db'}", "stay"],
+            [sys.executable, "-c", SPREAD, f"sqlite:///{tmp_path / f'{n}.db'}", "stay", claims],
             env=subprocess_env(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -336,7 +352,16 @@ def test_two_processes_choose_different_cpus(tmp_path: Any) -> None:
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork()")
 def test_a_forked_child_chooses_again(tmp_path: Any) -> None:
     proc = subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", SPREAD, f"sqlite:///{tmp_path / 'f.db'}", "fork"],
+        [
+            sys.executable,
+            "-W",
+            "ignore",
+            "-c",
+            SPREAD,
+            f"sqlite:///{tmp_path / 'f.db'}",
+            "fork",
+            _claims(),
+        ],
         env=subprocess_env(),
         capture_output=True,
         text=True,

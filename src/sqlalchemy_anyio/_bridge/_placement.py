@@ -42,6 +42,8 @@ from . import _impl
 RELEASE_AFTER = 1.0
 #: Seconds between the keeper's rounds while a loop is packed.
 KEEP_EVERY = 0.25
+#: Where processes claim their CPUs (see :func:`_claim`); tests use their own.
+CLAIMS = "sqlalchemy-anyio/cpu"
 
 _clock = time.monotonic
 _MODES = ("auto", "on", "off")
@@ -207,7 +209,7 @@ def _claim(cpus: list[int]) -> tuple[int, Optional[socket.socket]]:
         for cpu in cpus:
             claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                claim.bind(f"\0sqlalchemy-anyio/cpu/{cpu}/{n}")
+                claim.bind(f"\0{CLAIMS}/{cpu}/{n}")
             except OSError:
                 claim.close()
                 continue
