@@ -350,6 +350,10 @@ def test_two_processes_choose_different_cpus(tmp_path: Any) -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork()")
+@pytest.mark.skipif(
+    "libtsan" in os.environ.get("LD_PRELOAD", ""),
+    reason="ThreadSanitizer cannot start threads in a child forked from several threads",
+)
 def test_a_forked_child_chooses_again(tmp_path: Any) -> None:
     proc = subprocess.run(
         [

@@ -98,8 +98,11 @@ async def test_each_connection_lives_on_one_thread(db_url: str) -> None:
 
 
 async def test_new_connections_stay_within_the_pool(db_url: str) -> None:
-    """64 tasks, 5 + 10 connections: no churn, no more than 15 ever opened."""
-    engine = create_async_engine(db_url)
+    """64 tasks, 5 + 10 connections: no churn, no more than 15 ever opened.
+
+    (The overflow lingers for the whole test: a slow run, under a sanitizer,
+    may stall the loop for longer than the default second.)"""
+    engine = create_async_engine(db_url, overflow_linger=60)
     threads = _Threads(engine)
     maker = async_sessionmaker(engine)
     done = 0
@@ -117,14 +120,8 @@ async def test_new_connections_stay_within_the_pool(db_url: str) -> None:
                 tg.start_soon(task)
         assert done == 640
         assert 1 <= threads.connects <= 15
+        assert threads.closes == 0
         assert engine.pool.checkedout() == 0
-        # what overflows is closed again once the pool has not needed it for
-        # overflow_linger (1 s)
-        pool = engine.pool
-        with anyio.fail_after(10):
-            while pool.checkedin() > 5 or threads.closes < threads.connects - pool.checkedin():
-                await anyio.sleep(0.05)  # the closes run on the workers' threads
-        assert threads.closes == threads.connects - pool.checkedin()
     finally:
         await engine.dispose()
 
