@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import threading
 import time
@@ -311,18 +312,110 @@ async def test_another_connection_from_the_loop_is_fine(sqlite_engine: AsyncEngi
             assert await conn.run_sync(work) == 3
 
 
-async def test_loop_only_apis_on_the_worker_say_what_to_do(sqlite_engine: AsyncEngine) -> None:
-    """asyncio.create_task()-style code on the worker fails as before, with the recipe."""
+async def test_loop_only_apis_on_the_worker_say_what_to_do(
+    sqlite_engine: AsyncEngine, anyio_backend: Any
+) -> None:
+    """What cannot be done from a worker thread fails with the recipe: on
+    asyncio, loop methods that are not scheduling; on trio, any asyncio."""
 
     def work(conn: sa.Connection) -> None:
-        asyncio.get_running_loop()
+        asyncio.get_running_loop().create_future()
 
     async with sqlite_engine.connect() as conn:
-        with pytest.raises(RuntimeError, match="no running event loop") as info:
+        with pytest.raises(RuntimeError) as info:
             await conn.run_sync(work)
     text = str(info.value) + "".join(getattr(info.value, "__notes__", ()))
+    if anyio_backend[0] == "trio":
+        assert "no running event loop" in text
+    else:
+        assert "loop.create_future cannot be used here" in text
     assert "anyio.from_thread.run_sync" in text
     assert "await_" in text
+
+
+async def test_after_commit_listener_schedules_a_coroutine_on_the_loop(
+    sqlite_engine: AsyncEngine, anyio_backend: Any
+) -> None:
+    """A session listener calling asyncio.create_task(), as repository libraries
+    do after a commit: the coroutine runs on the loop, in the committing task's
+    context, as on the official extension.  Under trio, where there is no
+    asyncio loop, it fails with the recipe (whose own test is below)."""
+    request = contextvars.ContextVar("request", default="unset")
+    ran: list[tuple[str, int]] = []
+    tasks: list[Any] = []
+
+    async def cleanup() -> None:
+        await asyncio.sleep(0)
+        ran.append((request.get(), threading.get_ident()))
+
+    maker = async_sessionmaker(sqlite_engine)
+
+    @event.listens_for(maker.class_.sync_session_class, "after_commit")
+    def after_commit(session: Session) -> None:
+        coro = cleanup()
+        try:
+            tasks.append(asyncio.create_task(coro))
+        except RuntimeError:
+            coro.close()  # under trio: never to run
+            raise
+
+    try:
+        request.set("req-7")
+        async with maker() as session:
+            await session.execute(ONE)
+            if anyio_backend[0] == "trio":
+                with pytest.raises(RuntimeError) as info:
+                    await session.commit()
+                assert "anyio.from_thread.run_sync" in "".join(info.value.__notes__)
+                return
+            await session.commit()
+        assert len(tasks) == 1 and isinstance(tasks[0], asyncio.Task)
+        await tasks[0]
+        assert ran == [("req-7", threading.get_ident())]  # on the loop's thread
+    finally:
+        event.remove(maker.class_.sync_session_class, "after_commit", after_commit)
+
+
+async def test_loop_scheduling_from_the_worker(
+    sqlite_engine: AsyncEngine, anyio_backend: Any
+) -> None:
+    """On asyncio, worker code finds a stand-in for the loop whose scheduling
+    methods run on the loop's thread; under trio there is no asyncio loop to
+    stand in for."""
+    if anyio_backend[0] == "trio":
+        async with sqlite_engine.connect() as conn:
+            with pytest.raises(RuntimeError, match="no running event loop"):
+                await conn.run_sync(lambda c: asyncio.get_running_loop())
+        return
+    loop = asyncio.get_running_loop()
+    fired: list[tuple[str, int]] = []
+    ready = anyio.Event()
+
+    def note(what: str) -> None:
+        fired.append((what, threading.get_ident()))
+        if len(fired) == 3:
+            ready.set()
+
+    def work(conn: sa.Connection) -> tuple[Any, ...]:
+        stand_in = asyncio.get_running_loop()
+        stand_in.call_soon(note, "call_soon")
+        stand_in.call_later(0.01, note, "call_later")
+        stand_in.call_at(stand_in.time() + 0.01, note, "call_at")
+        return (
+            stand_in.is_running(),
+            stand_in.is_closed(),
+            asyncio.current_task(),
+            asyncio.get_event_loop() is stand_in,
+        )
+
+    async with sqlite_engine.connect() as conn:
+        running, closed, task, same = await conn.run_sync(work)
+    assert (running, closed, task, same) == (True, False, None, True)
+    with anyio.fail_after(10):
+        await ready.wait()
+    assert sorted(what for what, _ in fired) == ["call_at", "call_later", "call_soon"]
+    assert {thread for _, thread in fired} == {threading.get_ident()}
+    assert asyncio.get_running_loop() is loop
 
 
 async def test_scheduling_on_the_loop_recipe(

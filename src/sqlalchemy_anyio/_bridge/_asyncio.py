@@ -12,7 +12,7 @@ import asyncio
 import functools
 import threading
 import weakref
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .. import _fork
 
@@ -116,3 +116,65 @@ async def wait_for(job: Any, timeout: float) -> bool:
         timer.cancel()
     # Timed out unless the outcome is in, or already on its way.
     return job.done or not job.clear_waker()
+
+
+class WorkerLoop:
+    """What ``asyncio.get_running_loop()`` gives code that a worker runs for a
+    task of this loop (event listeners, ``run_sync`` callables).
+
+    On the official extension such code runs on the loop's own thread; here it
+    runs on a worker thread, which must not touch the loop.  So the methods
+    that schedule work do it on the loop's thread, the worker waiting for
+    them: ``asyncio.create_task()``, ``ensure_future()``, ``loop.call_soon()``
+    and ``call_later()`` work as they do there.  Anything else raises, naming
+    the way back to the loop (docs/reentry.md).  ``asyncio.current_task()``
+    is None here.
+    """
+
+    __slots__ = ("_call", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, call: Any) -> None:
+        self._loop = loop
+        self._call = call
+
+    def _on_loop(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return self._call.run_sync(functools.partial(fn, *args, **kwargs), ())
+
+    def create_task(self, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        return self._on_loop(self._loop.create_task, coro, **kwargs)  # type: ignore[no-any-return]
+
+    def call_soon(self, callback: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return self._loop.call_soon_threadsafe(callback, *args, **kwargs)
+
+    call_soon_threadsafe = call_soon
+
+    def call_later(
+        self, delay: float, callback: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
+        return self._on_loop(self._loop.call_later, delay, callback, *args, **kwargs)
+
+    def call_at(self, when: float, callback: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return self._on_loop(self._loop.call_at, when, callback, *args, **kwargs)
+
+    def time(self) -> float:
+        return self._loop.time()
+
+    def is_running(self) -> bool:
+        return self._loop.is_running()
+
+    def is_closed(self) -> bool:
+        return self._loop.is_closed()
+
+    def get_debug(self) -> bool:
+        return self._loop.get_debug()
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(
+            f"loop.{name} cannot be used here: this code runs on a sqlalchemy_anyio worker "
+            "thread, not on the event loop's.  Run it on the loop with "
+            "anyio.from_thread.run_sync(fn, ...) or anyio.from_thread.run(async_fn, ...), "
+            "or await it with sqlalchemy_anyio.await_(...); see docs/reentry.md."
+        )
+
+    def __repr__(self) -> str:
+        return f"<WorkerLoop for {self._loop!r}>"

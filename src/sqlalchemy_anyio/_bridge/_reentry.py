@@ -16,9 +16,11 @@ waiting for the worker.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import inspect
 import threading
+from contextvars import copy_context
 from typing import Any, Awaitable, Callable, Optional, TypeVar
 
 import anyio
@@ -27,7 +29,7 @@ from anyio.lowlevel import EventLoopToken, current_token
 from sqlalchemy import exc as sa_exc
 
 from ..exc import CallerCancelled
-from . import _impl
+from . import _asyncio, _impl
 
 _anyio_local: Optional[threading.local]
 try:  # where anyio looks for the token of its own worker threads
@@ -41,6 +43,8 @@ _T = TypeVar("_T")
 _state = threading.local()  # .call: the Call running on this thread
 _get_ident = threading.get_ident
 _get_running_loop = _impl._get_running_loop
+_set_running_loop = asyncio._set_running_loop
+_UNSET = object()
 
 #: The last loop (asyncio) or trio token seen and its anyio token, so most
 #: calls skip anyio's backend lookup.  Any thread reads and replaces it whole.
@@ -90,16 +94,26 @@ def refuse_if_serving(thread_id: Optional[int]) -> None:
 
 
 class Call:
-    """A job's callable, with its way back to the loop that handed it over.
+    """A job's callable, with its way back to the loop that handed it over,
+    and the context of the task it runs for.
 
     Created on the loop thread; called on the worker.  :meth:`cancel` (on the
     loop) cuts the way back when the awaiting task is cancelled.
+
+    The callable runs in a copy of the task's ``contextvars`` context, taken
+    here; once it is done, :meth:`merge` (in the task) makes what it set the
+    task's.  Running it in the task's own context object instead is not
+    possible: that object is still entered on the loop thread until the task
+    suspends, and the worker may start before, which ``Context.run()`` refuses.
     """
 
-    __slots__ = ("_scopes", "cancelled", "fn", "thread", "token")
+    __slots__ = ("_scopes", "cancelled", "context", "fn", "loop", "thread", "token")
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
+        self.context = copy_context()
+        #: The asyncio loop the call came from (None on trio, or off a loop).
+        self.loop = _get_running_loop()
         self.token = _loop_token()
         self.cancelled = False
         self.thread: Optional[int] = None
@@ -116,17 +130,34 @@ class Call:
         local = _anyio_local.__dict__ if _anyio_local is not None else {}
         previous = local.get("current_token")
         local["current_token"] = _TOKEN
+        loop = self.loop
+        if loop is not None:  # asyncio code here finds a stand-in for the loop
+            outer_loop = _get_running_loop()
+            _set_running_loop(_asyncio.WorkerLoop(loop, self))  # type: ignore[arg-type]
         try:
-            return self.fn(*args, **kwargs)
+            return self.context.run(self.fn, *args, **kwargs)
         except RuntimeError as error:
             _explain(error)
             raise
         finally:
+            if loop is not None:
+                _set_running_loop(outer_loop)
             state["call"] = outer
             if previous is None:
                 del local["current_token"]
             else:
                 local["current_token"] = previous
+
+    def merge(self) -> None:
+        """Make what the callable set in its context the awaiting task's
+        (on the loop, in that task, once the call is done)."""
+        done = self.context
+        now = copy_context()
+        if done == now:  # nothing set: the common case, and cheap to tell
+            return
+        for var, value in done.items():
+            if now.get(var, _UNSET) is not value:
+                var.set(value)
 
     def cancel(self) -> None:
         """The awaiting task was cancelled: cancel what the worker waits for on

@@ -170,8 +170,12 @@ class Worker:
         self._thread.join()
 
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Queue ``fn(*args, **kwargs)`` without waiting for it; returns its job."""
-        job = _impl.Job(fn, args, kwargs)
+        """Queue ``fn(*args, **kwargs)`` without waiting for it; returns its job.
+
+        It runs in a copy of the caller's context, with the way back to the
+        caller's loop (if it has one), as awaited calls do.
+        """
+        job = _impl.Job(_reentry.Call(fn), args, kwargs)
         self._channel.put(job)
         return job
 
@@ -251,6 +255,7 @@ class Worker:
                 if job.spin_wait(_impl.LOOP_SPIN):
                     self._spin_backoff = 0
                     await _impl.checkpoint()  # cancellation and fairness as usual
+                    call.merge()
                     return job.outcome()
                 self._spin_skip = self._spin_backoff = min(2 * self._spin_backoff + 1, 63)
             try:
@@ -260,6 +265,7 @@ class Worker:
                     call.cancel()  # what the job waits for on this loop ends now
                     await self._settle(job, on_cancel, cleanup)
                 raise
+            call.merge()
             return job.outcome()
         finally:
             loop.n -= 1
