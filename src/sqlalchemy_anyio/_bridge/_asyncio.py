@@ -131,14 +131,15 @@ class WorkerLoop:
     is None here.
     """
 
-    __slots__ = ("_call", "_loop")
+    __slots__ = ("_loop",)
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, call: Any) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._call = call
 
     def _on_loop(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return self._call.run_sync(functools.partial(fn, *args, **kwargs), ())
+        from ._reentry import _call_or_error  # (it imports this module)
+
+        return _call_or_error().run_sync(functools.partial(fn, *args, **kwargs), ())
 
     def create_task(self, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
         return self._on_loop(self._loop.create_task, coro, **kwargs)  # type: ignore[no-any-return]
