@@ -18,6 +18,9 @@ Clients, each on SQLite, PostgreSQL and MySQL/MariaDB, asyncio and trio:
 * fastapi-users-db-sqlalchemy's test suite (from its sdist) through the import
   alias: on asyncio with pytest-asyncio as upstream runs it, and on trio
   through anyio's pytest plugin (shim/compat_anyio_trio.py).
+* OpenTelemetry's SQLAlchemy instrumentation (otel_check.py) through the
+  alias: concurrent requests, each in its own span; every SQL span must be a
+  child of its request's span (asyncio, uvloop and trio).
 
 The environment (requirements/compat.txt) has neither greenlet nor an async
 driver, so the official extension cannot have served any of these: whatever
@@ -30,7 +33,7 @@ SQLALCHEMY_ANYIO_COMPAT_MYSQL_URL (defaults below, database
 client run (PostgreSQL: schema ``public`` dropped and re-created; MySQL: the
 database dropped and re-created): never point them at data you want to keep.
 
-Usage: run.py [--clients examples,alembic,fastapi-users]
+Usage: run.py [--clients examples,alembic,fastapi-users,opentelemetry]
               [--databases sqlite,postgresql,mysql] [--loops asyncio,trio]
 """
 
@@ -423,7 +426,30 @@ def fastapi_users(dbs: list[Database], loops: list[str], scratch: Path) -> Itera
             yield attempt("fastapi-users-db-sqlalchemy tests", db, loop, suite)
 
 
-CLIENTS = {"examples": examples, "alembic": alembic, "fastapi-users": fastapi_users}
+def opentelemetry(dbs: list[Database], loops: list[str], scratch: Path) -> Iterator[Outcome]:
+    """OpenTelemetry's SQLAlchemy instrumentation: SQL spans under their request's span
+    (otel_check.py), on asyncio and uvloop for the asyncio loop, and on trio."""
+
+    def traced(db: Database, loop: str) -> str:
+        notes = []
+        for flavour in ("asyncio", "uvloop") if loop == "asyncio" else (loop,):
+            db.reset()
+            out = run([sys.executable, str(HERE / "otel_check.py"), db.url(scratch), flavour],
+                      scratch, alias=True)  # fmt: skip
+            notes.append(f"{flavour}: {out.strip().splitlines()[-1]}")
+        return "; ".join(notes)
+
+    for db in dbs:
+        for loop in loops:
+            yield attempt("opentelemetry-instrumentation-sqlalchemy", db, loop, traced)
+
+
+CLIENTS = {
+    "examples": examples,
+    "alembic": alembic,
+    "fastapi-users": fastapi_users,
+    "opentelemetry": opentelemetry,
+}
 
 
 def main() -> int:
