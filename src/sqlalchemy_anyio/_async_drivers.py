@@ -48,8 +48,21 @@ CHOICES = ("native", "sync")
 
 _PREFIX = "sqlalchemy_anyio_"
 
-#: Key in a pooled connection's ``info``: the thread that owns it and its loop.
-OWNER = "_sqlalchemy_anyio_owner"
+#: Key in a pooled connection's notes (:func:`notes`): the thread that owns
+#: it and its loop.
+OWNER = "owner"
+
+
+def notes(record: Any) -> dict[str, Any]:
+    """This package's own notes on a pooled connection (its pool record).
+
+    Kept apart from the record's ``info``, which is what the application sees
+    as ``connection.info`` and may expect to hold only what it put there.
+    """
+    found: Optional[dict[str, Any]] = record.__dict__.get("_sqlalchemy_anyio_notes")
+    if found is None:
+        found = record.__dict__["_sqlalchemy_anyio_notes"] = {}
+    return found
 
 
 class Interrupted(Exception):
@@ -262,13 +275,13 @@ def make_engine(
 
 def _note_owner(dbapi_connection: Any, record: Any) -> None:
     """Pool ``connect`` hook: the thread and event loop the connection belongs to."""
-    record.info[OWNER] = (_state(), _loop_for_thread())
+    notes(record)[OWNER] = (_state(), _loop_for_thread())
 
 
 def _check_loop(dbapi_connection: Any, record: Any, proxy: Any) -> None:
     """Pool ``checkout`` hook: a connection made on another (closed) event loop
     cannot be used on this one; the pool replaces it."""
-    owner = record.info.get(OWNER)
+    owner = notes(record).get(OWNER)
     loop = _loop_for_thread()
     if owner is not None and loop is not None and owner[1] is not loop:
         raise exc.DisconnectionError("connection belongs to another event loop")
@@ -413,7 +426,7 @@ def _run(loop: asyncio.AbstractEventLoop, coro: Any) -> Any:
 
 def interrupt(info: dict[str, Any]) -> bool:
     """Cancel the coroutine that the owner of a pooled connection (its
-    ``info``) waits for; False if it waits for none."""
+    :func:`notes`) waits for; False if it waits for none."""
     owner = info.get(OWNER)
     call = owner[0].call if owner is not None else None
     if call is None:
@@ -444,7 +457,7 @@ def asyncpg_server_cancel(driver: Any, timeout: float) -> bool:
 
 
 def owner_loop(info: dict[str, Any]) -> Optional[asyncio.AbstractEventLoop]:
-    """The event loop a pooled connection (its ``info``) belongs to."""
+    """The event loop a pooled connection (its :func:`notes`) belongs to."""
     owner = info.get(OWNER)
     return owner[1] if owner is not None else None
 

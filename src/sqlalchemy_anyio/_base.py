@@ -51,14 +51,18 @@ class ReversibleProxy(Generic[_PT]):
     def _assign_proxied(self, target: _T) -> _T:
         if target is not None:
             key = weakref.ref(target, ReversibleProxy._target_gced)
+            # the entry goes when either side does: a proxy dropped by its user
+            # must not stay registered for as long as its target lives
+            proxy = weakref.ref(self, functools.partial(ReversibleProxy._target_gced, key))
             with _proxy_lock:
-                ReversibleProxy._proxy_objects[key] = weakref.ref(self)
+                ReversibleProxy._proxy_objects[key] = proxy
         return target
 
     @staticmethod
-    def _target_gced(ref: weakref.ref[Any]) -> None:
+    def _target_gced(ref: weakref.ref[Any], proxy: Optional[weakref.ref[Any]] = None) -> None:
         with _proxy_lock:
-            ReversibleProxy._proxy_objects.pop(ref, None)
+            if proxy is None or ReversibleProxy._proxy_objects.get(ref) is proxy:
+                ReversibleProxy._proxy_objects.pop(ref, None)
 
     @classmethod
     def _regenerate_proxy_for_target(cls, target: Any, **kw: Any) -> Any:

@@ -41,7 +41,7 @@ def buffer_result(result: Result[Any], owner: str, method: str = "execute") -> R
 def buffer_cursor_result(result: Any) -> None:
     """Move the rows of a CursorResult into memory and close its DBAPI cursor."""
     cursor = result.cursor
-    if cursor is None:  # no rows (DML) or already exhausted: nothing to fetch
+    if cursor is None or result._soft_closed:  # no rows (DML), exhausted, or done already
         return
     strategy = result.cursor_strategy
     if not isinstance(strategy, FullyBufferedCursorFetchStrategy):
@@ -56,6 +56,7 @@ def buffer_cursor_result(result: Any) -> None:
             initial_buffer=rows,
         )
     # Release the cursor now, here on the worker; the result stays readable.
-    result.cursor = None
+    # ``result.cursor`` keeps naming it (closed), as a buffered result of the
+    # official extension does.
     result._soft_closed = True
     result.connection._safe_close_cursor(cursor)

@@ -78,13 +78,15 @@ def _kill_query(conn: Connection, thread_id: Any) -> None:
 
 def _remember_native_mysql_id(dbapi_connection: Any, connection_record: Any) -> None:
     """Like :func:`_remember_mysql_id` for aiomysql and asyncmy (whose adapted
-    connections take no attributes): the id goes in the record's ``info``."""
-    connection_record.info[_MYSQL_ID] = dbapi_connection.driver_connection.thread_id()
+    connections take no attributes): the id goes in the record's notes."""
+    notes = _async_drivers.notes(connection_record)
+    notes[_MYSQL_ID] = dbapi_connection.driver_connection.thread_id()
 
 
 def _info(conn: Connection) -> dict[str, Any]:
-    fairy = conn._dbapi_connection
-    return fairy.info if fairy is not None else {}
+    """Our notes on the pooled connection under ``conn`` (see ``_async_drivers.notes``)."""
+    record = getattr(conn._dbapi_connection, "_connection_record", None)
+    return _async_drivers.notes(record) if record is not None else {}
 
 
 def _asyncpg(conn: Connection, raw: Any, timeout: float) -> None:

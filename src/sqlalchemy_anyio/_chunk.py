@@ -80,6 +80,10 @@ def drain(view: Any, finish: Callable[[], Sequence[Any]]) -> List[Any]:
     ``all()``); ``finish`` then runs on the exhausted result, so it ends
     (closes) exactly as the one-call form would.
     """
+    if getattr(view, "_unique_filter_state", None) is not None:
+        # Uniquing: an ORM result refuses to be read in parts (its yield_per
+        # check), so it is read in one call, as all() does.
+        return list(finish())
     rows = fetch_rows(view.fetchmany)
     rows.extend(finish())
     return rows

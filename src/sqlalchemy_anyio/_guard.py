@@ -169,9 +169,26 @@ class _GuardedSession(Session):
         _check_session(self, "A rollback of an AsyncSession")
         super().rollback()
 
-    def connection(self, *args: Any, **kw: Any) -> Connection:
-        _check_session(self, "Checking out a connection for an AsyncSession")
-        return super().connection(*args, **kw)
+    def connection(
+        self,
+        bind_arguments: Optional[Any] = None,
+        execution_options: Optional[Any] = None,
+    ) -> Connection:
+        worker = self._sqlalchemy_anyio_session_worker
+        if (worker is None or not worker.is_current()) and not (
+            execution_options is None and self._open_connection(bind_arguments)
+        ):
+            raise refusal("Checking out a connection for an AsyncSession")
+        return super().connection(bind_arguments, execution_options)
+
+    def _open_connection(self, bind_arguments: Optional[Any]) -> bool:
+        """Whether the transaction already holds the connection asked for:
+        then handing it out does no I/O, and any thread may have it."""
+        trans = self._transaction
+        if trans is None:
+            return False
+        bind = self.get_bind(**dict(bind_arguments or {}))
+        return bind in trans._connections
 
 
 _guarded_sessions: dict[type[Session], type[Session]] = {Session: _GuardedSession}

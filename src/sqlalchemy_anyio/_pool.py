@@ -369,6 +369,25 @@ class WorkerQueuePool(QueuePool):
             worker.join(DISPOSE_WAIT)
         self.logger.info("Pool disposed. %s", self.status())
 
+    @classmethod
+    def adopt(cls, pool: QueuePool) -> WorkerQueuePool:
+        """A pool with the settings, creator and listeners of a ready-made
+        QueuePool (or AsyncAdaptedQueuePool), which is left unused."""
+        return cls(
+            pool._creator,
+            pool_size=pool.size(),
+            max_overflow=pool._max_overflow,
+            pre_ping=pool._pre_ping,
+            use_lifo=getattr(pool._pool, "lifo", False),
+            timeout=pool.timeout(),
+            recycle=pool._recycle,
+            echo=pool.echo,
+            logging_name=pool._orig_logging_name,
+            reset_on_return=pool._reset_on_return,
+            _dispatch=pool.dispatch,
+            dialect=pool._dialect,
+        )
+
     def recreate(self) -> WorkerQueuePool:
         """A new pool with this one's settings; this one goes out of service.
 

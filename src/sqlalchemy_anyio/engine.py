@@ -26,7 +26,7 @@ from typing import (
 )
 
 import anyio
-from sqlalchemy import exc
+from sqlalchemy import exc, inspection
 from sqlalchemy import pool as sa_pool
 from sqlalchemy import util as sa_util
 from sqlalchemy.engine import Connection, Engine, Result, Transaction
@@ -214,10 +214,15 @@ def _worker_pool_default(url: URL, kw: Dict[str, Any]) -> None:
     """Use :class:`WorkerQueuePool` where a plain QueuePool would be used.
 
     That is the dialect's default, ``QueuePool`` and ``AsyncAdaptedQueuePool``
-    (which code written for the official extension may name).  Other pool
-    classes, and ready-made ``pool=`` objects, are kept as they are.
+    (which code written for the official extension may name), as a class or
+    as a ready-made ``pool=`` object (whose settings, creator and listeners
+    are taken over).  Other pool classes and objects are kept as they are.
     """
-    if "pool" in kw:
+    given = kw.get("pool")
+    if isinstance(given, sa_pool.QueuePool) and not isinstance(given, WorkerQueuePool):
+        kw["pool"] = WorkerQueuePool.adopt(given)
+        return
+    if given is not None:
         return
     poolclass = kw.get("poolclass")
     if poolclass is None:
@@ -727,6 +732,15 @@ class AsyncConnection(
         Uses a server-side cursor where the dialect has one.  Await it, or use
         ``async with`` to have the result closed at the end of the block.
         """
+        dialect = self.sync_engine.dialect
+        if not dialect.supports_server_side_cursors and dialect.name != "sqlite":
+            # (SQLite's cursors step through the rows as they are fetched:
+            # batches pulled through the worker stream there too)
+            raise exc.InvalidRequestError(
+                "Can't use `stream` or `stream_scalars` with the current dialect since it "
+                "does not support server side cursors.  Use execute(), which fetches the "
+                "whole result on the worker."
+            )
         result = await self._call(
             self._proxied.execute,
             statement,
@@ -928,3 +942,23 @@ class AsyncTransaction(ProxyComparable[Transaction], StartableContext["AsyncTran
 
     async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
         await self.connection._call_shielded(self._proxied.__exit__, type_, value, traceback)
+
+
+@inspection._inspects(AsyncEngine)
+def _no_inspection_of_async_engine(subject: AsyncEngine) -> NoReturn:
+    raise exc.NoInspectionAvailable(
+        "Inspection on an AsyncEngine is currently not supported.  Inspect inside "
+        "conn.run_sync(), which passes a synchronous connection: "
+        "await conn.run_sync(lambda c: inspect(c).get_table_names())",
+        code="xd3s",
+    )
+
+
+@inspection._inspects(AsyncConnection)
+def _no_inspection_of_async_connection(subject: AsyncConnection) -> NoReturn:
+    raise exc.NoInspectionAvailable(
+        "Inspection on an AsyncConnection is currently not supported.  Inspect inside "
+        "conn.run_sync(), which passes a synchronous connection: "
+        "await conn.run_sync(lambda c: inspect(c).get_table_names())",
+        code="xd3s",
+    )

@@ -83,7 +83,8 @@ def _to_sync_bind(bind: Any) -> Union[Engine, Connection]:
     if isinstance(bind, AsyncConnection):
         return bind._proxied
     raise sa_exc.ArgumentError(
-        f"AsyncEngine or AsyncConnection expected as an AsyncSession bind, got {bind!r}"
+        f"AsyncEngine expected, got {bind!r}: an AsyncSession is bound to an AsyncEngine "
+        "or AsyncConnection"
     )
 
 
@@ -359,16 +360,16 @@ class AsyncSession(ReversibleProxy[Session]):
         )
 
     def _translate(self, sync_bind: Any) -> _AsyncSessionBind:
+        """The async bind ``sync_bind`` was established from, among this
+        session's own; any other is refused rather than wrapped anew."""
         for candidate in (self._async_bind, *self._async_binds.values()):
             if candidate is not None and _to_sync_bind(candidate) is sync_bind:
                 return candidate
-        if isinstance(sync_bind, Engine):
-            return AsyncEngine._retrieve_proxy_for_target(sync_bind)  # type: ignore[no-any-return]
-        if isinstance(sync_bind, Connection):
-            return AsyncConnection._retrieve_proxy_for_target(sync_bind)  # type: ignore[no-any-return]
         raise async_exc.AsyncBindNotFound(
             f"Can't translate bind {sync_bind!r}; it is not among the binds "
-            f"established for this {type(self).__name__}."
+            f"established for this {type(self).__name__}.  Establish binds on the "
+            f"{type(self).__name__} (bind=, binds=, bind_mapper(), bind_table()), "
+            "not directly on its sync_session."
         )
 
     @classmethod

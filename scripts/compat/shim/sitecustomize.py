@@ -19,6 +19,8 @@ from typing import Optional, Sequence
 
 OFFICIAL = "sqlalchemy.ext.asyncio"
 OURS = "sqlalchemy_anyio"
+#: Official submodules whose counterpart here has another name.
+RENAMED = {"base": "_base"}
 
 
 class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -41,7 +43,8 @@ class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         # The import system returns whatever sys.modules holds under the name
         # once exec_module returns, so the placeholder is dropped and our
         # module (with its own __spec__ untouched) is what clients get.
-        target = OURS + module.__name__[len(OFFICIAL) :]
+        rest = module.__name__[len(OFFICIAL) + 1 :]
+        target = ".".join(filter(None, (OURS, RENAMED.get(rest, rest))))
         sys.modules[module.__name__] = importlib.import_module(target)
 
 
