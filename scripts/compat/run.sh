@@ -1,8 +1,8 @@
 #!/bin/sh
 # Compatibility job: real clients of SQLAlchemy's asyncio extension (its own
-# examples/asyncio, Alembic's async template, fastapi-users-db-sqlalchemy's
-# test suite) run on sqlalchemy_anyio, on SQLite, PostgreSQL and MariaDB,
-# asyncio and trio.  See scripts/compat/run.py for what runs and how the
+# examples/asyncio and test/ext/asyncio, Alembic's async template,
+# fastapi-users-db-sqlalchemy's test suite, OpenTelemetry's instrumentation)
+# run on sqlalchemy_anyio, on SQLite, PostgreSQL and MariaDB, asyncio and trio.  See scripts/compat/run.py for what runs and how the
 # import is switched.
 #
 #   sh scripts/compat/run.sh [--clients ...] [--databases ...] [--loops ...]
@@ -22,4 +22,13 @@ PY="$VENV/bin/python"
 "$PY" -m pip install -q --disable-pip-version-check -r requirements/compat.txt
 "$PY" -m pip install -q --disable-pip-version-check -e .
 "$PY" -c "import sys, sqlalchemy, importlib.metadata as m; print('python', sys.version.split()[0], '| sqlalchemy', sqlalchemy.__version__, '| alembic', m.version('alembic'), '| fastapi-users', m.version('fastapi-users'))"
+# SQLAlchemy's own asyncio suite needs greenlet and the async drivers: an
+# environment of its own (requirements/compat-suite.txt).
+SUITE_VENV=${SUITE_VENV:-.venv-compat-suite}
+"$PYTHON" -m venv "$SUITE_VENV"
+"$SUITE_VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+"$SUITE_VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements/compat-suite.txt
+"$SUITE_VENV/bin/python" -m pip install -q --disable-pip-version-check -e .
+SQLALCHEMY_ANYIO_SUITE_PYTHON="$(cd "$SUITE_VENV" && pwd)/bin/python"
+export SQLALCHEMY_ANYIO_SUITE_PYTHON
 exec "$PY" scripts/compat/run.py "$@"
