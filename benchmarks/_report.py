@@ -118,7 +118,7 @@ def _lag_table(records: List[Dict[str, Any]], recs: List[Dict[str, Any]]) -> Lis
     head = (
         f"{'ORM 40k-object load':<19} | {'load ms':>10} {'x sync':>7} {'x off':>7} | "
         f"{'max stall ms':>12} {'% load':>6} {'worst':>8} | {'outside GC':>10} "
-        f"{'gen-2 GC ms':>11} {'n':>5} | {'idle gap':>8}"
+        f"{'gen-2 GC ms':>11} {'n':>5} | {'idle gap':>8} | {'frozen: stall':>13} {'gen-2':>7}"
     )
     out = [head, "-" * len(head)]
     for r in recs:
@@ -138,7 +138,8 @@ def _lag_table(records: List[Dict[str, Any]], recs: List[Dict[str, Any]]) -> Lis
             f"{_num(lag.get('worst_gap_ms')):>8} | {_num(lag.get('gap_outside_gc_ms')):>10} "
             f"{_num(lag.get('gc2_max_ms')):>11} "
             f"{'/'.join(str(c) for c in counts) if counts else '-':>5} | "
-            f"{_num(lag.get('idle_max_gap_ms')):>8}"
+            f"{_num(lag.get('idle_max_gap_ms')):>8} | "
+            f"{_num(lag.get('max_gap_frozen_ms')):>13} {_num(lag.get('gc2_max_frozen_ms')):>7}"
         )
     return out
 

@@ -407,12 +407,7 @@ async def _ticker_window(cfg: Config, body: Callable[[], Awaitable[Any]]) -> Dic
     }
 
 
-async def _async_big_load(mod: Any, engine: Any, cfg: Config) -> Dict[str, Any]:
-    import anyio
-
-    async with mod.AsyncSession(engine) as session:  # warm-up: compile, caches, workers
-        (await session.scalars(ORM_ALL.limit(1000))).all()
-    idle = await _ticker_window(cfg, lambda: anyio.sleep(0.2))
+async def _load_rounds(mod: Any, engine: Any, cfg: Config) -> List[Dict[str, Any]]:
     rounds = []
     for _ in range(cfg.lag_rounds):
         gc.collect()
@@ -426,6 +421,49 @@ async def _async_big_load(mod: Any, engine: Any, cfg: Config) -> Dict[str, Any]:
             # the caller's work on the loop thread, not the load's.
             window["result"] = len(window["result"])
             rounds.append(window)
+    return rounds
+
+
+def _rss_mb() -> float:
+    """This process's resident memory now (MB), from /proc (0 where absent)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        return 0.0
+
+
+async def _frozen_rounds(mod: Any, engine: Any, cfg: Config) -> Dict[str, Any]:
+    """The same load after ``gc.freeze()``, the usual recipe of a server once it
+    has started: what the collector then has to walk is the load's own objects.
+    The freeze is undone afterwards (this process measures other things next)."""
+    gc.collect()
+    rss = _rss_mb()
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        rounds = await _load_rounds(mod, engine, cfg)
+    finally:
+        gc.unfreeze()
+    return {
+        "frozen_objects": frozen,
+        "max_gap_frozen_ms": statistics.median(r["max_gap"] * 1e3 for r in rounds),
+        "gc2_max_frozen_ms": statistics.median(r["gc2_max"] * 1e3 for r in rounds),
+        "rss_growth_frozen_mb": _rss_mb() - rss,
+    }
+
+
+async def _async_big_load(mod: Any, engine: Any, cfg: Config) -> Dict[str, Any]:
+    import anyio
+
+    async with mod.AsyncSession(engine) as session:  # warm-up: compile, caches, workers
+        (await session.scalars(ORM_ALL.limit(1000))).all()
+    idle = await _ticker_window(cfg, lambda: anyio.sleep(0.2))
+    gc.collect()
+    rss = _rss_mb()
+    rounds = await _load_rounds(mod, engine, cfg)
+    rss_growth = _rss_mb() - rss
+    frozen = await _frozen_rounds(mod, engine, cfg)
     gaps = [r["max_gap"] * 1e3 for r in rounds]
     durations = [r["elapsed"] * 1e3 for r in rounds]
     return {
@@ -442,6 +480,8 @@ async def _async_big_load(mod: Any, engine: Any, cfg: Config) -> Dict[str, Any]:
         "gc2_counts": [r["gc2_count"] for r in rounds],
         "ticks": [r["ticks"] for r in rounds],
         "idle_max_gap_ms": idle["max_gap"] * 1e3,
+        "rss_growth_mb": rss_growth,
+        **frozen,
     }
 
 
