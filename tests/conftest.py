@@ -203,6 +203,33 @@ async def table(engine: AsyncEngine, metadata: sa.MetaData) -> AsyncIterator[sa.
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
+#: In the statements this run leaves for a server to inspect (a long query it
+#: cancels, then looks for), so that runs sharing the servers (two suites at
+#: once, CI beside a developer) each find only their own.
+RUN_MARKER = f"sqlalchemy-anyio-test-{uuid.uuid4().hex[:12]}"
+
+SERVER_LONG_QUERY = {
+    "postgresql": f"SELECT pg_sleep(20), '{RUN_MARKER}'",
+    "mysql": f"SELECT SLEEP(20), '{RUN_MARKER}'",
+}
+
+
+def server_still_running(sync_url: Any, kind: str) -> int:
+    """How many copies of this run's long query (``SERVER_LONG_QUERY[kind]``)
+    the server still executes, read through a synchronous ``sync_url``."""
+    if kind == "postgresql":
+        sql = "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = :q"
+    else:
+        sql = "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO = :q"
+    engine = sa.create_engine(sync_url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            n = conn.scalar(sa.text(sql), {"q": SERVER_LONG_QUERY[kind]})
+    finally:
+        engine.dispose()
+    return int(n or 0)
+
+
 def subprocess_env() -> dict[str, str]:
     """Environment for a child Python that must import this checkout, if that
     is where the package under test came from."""

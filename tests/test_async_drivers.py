@@ -22,7 +22,14 @@ import sqlalchemy as sa
 from sqlalchemy import exc
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from conftest import _selected, _unavailable, subprocess_env, url_for
+from conftest import (
+    SERVER_LONG_QUERY,
+    _selected,
+    _unavailable,
+    server_still_running,
+    subprocess_env,
+    url_for,
+)
 from sqlalchemy_anyio import (
     AsyncEngine,
     AsyncSession,
@@ -42,7 +49,7 @@ NATIVE = {
 }
 KINDS = [k for k in NATIVE if _selected(k)]
 
-LONG_QUERY = {"postgresql": "SELECT pg_sleep(20)", "mysql": "SELECT SLEEP(20)"}
+LONG_QUERY = SERVER_LONG_QUERY
 
 
 def _native_url(kind: str, tmp_path: Any) -> str:
@@ -99,23 +106,9 @@ async def table(engine: AsyncEngine) -> AsyncIterator[sa.Table]:
 
 
 def _still_running(url: str, name: str) -> int:
-    """How many copies of the long query the server still runs (this database)."""
+    """How many copies of this run's long query the server still runs."""
     sync_kind = NATIVE[sa.make_url(url).drivername][1]
-    sync = sa.create_engine(sa.make_url(url).set(drivername=sync_kind), poolclass=sa.pool.NullPool)
-    with sync.connect() as c:
-        if name == "postgresql":
-            sql = (
-                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
-                "AND query = 'SELECT pg_sleep(20)' AND datname = current_database()"
-            )
-        else:
-            sql = (
-                "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
-                "WHERE INFO = 'SELECT SLEEP(20)' AND DB = DATABASE()"
-            )
-        n = c.exec_driver_sql(sql).scalar()
-    sync.dispose()
-    return int(n or 0)
+    return server_still_running(sa.make_url(url).set(drivername=sync_kind), name)
 
 
 def _backend_id(engine: AsyncEngine) -> str:

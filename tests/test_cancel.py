@@ -12,6 +12,7 @@ import anyio
 import pytest
 import sqlalchemy as sa
 
+from conftest import SERVER_LONG_QUERY, server_still_running
 from sqlalchemy_anyio import AsyncEngine, create_async_engine
 
 pytestmark = pytest.mark.anyio
@@ -20,8 +21,7 @@ LONG_QUERY = {
     "sqlite": (
         "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
     ),
-    "postgresql": "SELECT pg_sleep(20)",
-    "mysql": "SELECT SLEEP(20)",
+    **SERVER_LONG_QUERY,
 }
 
 # One table name per process, so parallel runs on one server don't collide.
@@ -34,24 +34,8 @@ accounts = sa.Table(
 
 
 def _still_running(url: str, name: str) -> int:
-    """How many copies of the long query the server is still executing (in
-    this database: other runs may share the server)."""
-    if name == "sqlite":
-        return 0
-    sync = sa.create_engine(url, poolclass=sa.pool.NullPool)
-    with sync.connect() as c:
-        if name == "postgresql":
-            n = c.exec_driver_sql(
-                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
-                "AND query = 'SELECT pg_sleep(20)' AND datname = current_database()"
-            ).scalar()
-        else:
-            n = c.exec_driver_sql(
-                "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
-                "WHERE INFO = 'SELECT SLEEP(20)' AND DB = DATABASE()"
-            ).scalar()
-    sync.dispose()
-    return int(n or 0)
+    """How many copies of this run's long query the server is still executing."""
+    return 0 if name == "sqlite" else server_still_running(url, name)
 
 
 def _worker_threads() -> int:
