@@ -14,7 +14,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 import sqlalchemy as sa
@@ -27,6 +27,12 @@ PG_URL = os.environ.get(
     "SQLALCHEMY_ANYIO_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 MYSQL_URL = os.environ.get("SQLALCHEMY_ANYIO_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
+
+
+#: In the statements this run leaves for a server to inspect (a long query it
+#: cancels, then looks for), so that runs sharing the servers (two suites at
+#: once, CI beside a developer) each find only their own.
+RUN_MARKER = f"sqlalchemy-anyio-test-{uuid.uuid4().hex[:12]}"
 
 
 def _backends() -> list[Any]:
@@ -65,6 +71,61 @@ _DRIVER_MODULES = {
 _reachable: dict[str, str | None] = {}
 
 
+#: Each run works in a database of its own on each server, made at its first
+#: server test and dropped at the end, so that runs sharing a server (two
+#: suites at once, CI beside a developer) never meet in a table.  The URL
+#: names the database to make it from; a server that refuses CREATE DATABASE
+#: is used as it is.
+RUN_DATABASE = f"sqlalchemy_anyio_t_{RUN_MARKER[-12:]}"
+_own_databases: dict[str, Optional[sa.URL]] = {}  # base URL -> the run's own database
+
+
+def _admin_url(base: sa.URL) -> sa.URL:
+    driver = "postgresql+psycopg" if base.get_backend_name() == "postgresql" else "mysql+pymysql"
+    return base.set(drivername=driver)
+
+
+def _own_database(base: sa.URL) -> sa.URL:
+    key = base.render_as_string(hide_password=False)
+    if key not in _own_databases:
+        admin = sa.create_engine(
+            _admin_url(base), poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT"
+        )
+        quote = '"' if base.get_backend_name() == "postgresql" else "`"
+        try:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f"CREATE DATABASE {quote}{RUN_DATABASE}{quote}")
+            _own_databases[key] = base.set(database=RUN_DATABASE)
+        except sa.exc.DBAPIError:  # not allowed here: share the given database
+            _own_databases[key] = None
+        finally:
+            admin.dispose()
+    own = _own_databases[key]
+    return own if own is not None else base
+
+
+def _drop_own_databases() -> None:
+    for own in _own_databases.values():
+        if own is None:
+            continue
+        quote = '"' if own.get_backend_name() == "postgresql" else "`"
+        base = own.set(database="postgres" if own.get_backend_name() == "postgresql" else "mysql")
+        admin = sa.create_engine(
+            _admin_url(base), poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT"
+        )
+        try:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {quote}{RUN_DATABASE}{quote}")
+        except sa.exc.DBAPIError as exc:  # left for the server's owner; say so
+            print(f"\ncould not drop the test database {RUN_DATABASE}: {exc}")
+        finally:
+            admin.dispose()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _drop_own_databases()
+
+
 def _server_url(kind: str) -> str:
     base = sa.make_url(PG_URL if kind.startswith("postgresql") else MYSQL_URL)
     return base.set(drivername=kind).render_as_string(hide_password=False)
@@ -90,6 +151,13 @@ def _check_server(kind: str) -> None:
         _unavailable(problem)
 
 
+def _run_url(kind: str) -> str:
+    """A server test's URL: the run's own database on that server."""
+    base = sa.make_url(PG_URL if kind.startswith("postgresql") else MYSQL_URL)
+    own = _own_database(base)
+    return own.set(drivername=kind).render_as_string(hide_password=False)
+
+
 def _selected(kind: str) -> bool:
     wanted = os.environ.get("SQLALCHEMY_ANYIO_DATABASES")
     if not wanted:
@@ -112,7 +180,7 @@ def url_for(kind: str, tmp_path: Any) -> str:
     if kind == "sqlite":
         return f"sqlite:///{tmp_path / 'test.db'}"
     _check_server(kind)
-    return _server_url(kind)
+    return _run_url(kind)
 
 
 @pytest.fixture(params=ALL_DATABASES)
@@ -202,11 +270,6 @@ async def table(engine: AsyncEngine, metadata: sa.MetaData) -> AsyncIterator[sa.
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
-
-#: In the statements this run leaves for a server to inspect (a long query it
-#: cancels, then looks for), so that runs sharing the servers (two suites at
-#: once, CI beside a developer) each find only their own.
-RUN_MARKER = f"sqlalchemy-anyio-test-{uuid.uuid4().hex[:12]}"
 
 SERVER_LONG_QUERY = {
     "postgresql": f"SELECT pg_sleep(20), '{RUN_MARKER}'",
