@@ -84,18 +84,24 @@ def create_async_engine(url: Union[str, URL], **kw: Any) -> AsyncEngine:
 
     Takes the arguments of :func:`sqlalchemy.create_engine`.  On asyncio, a
     URL naming asyncpg, psycopg_async, aiomysql or asyncmy runs that driver
-    on the event loop (``async_driver="sync"`` asks for its synchronous
-    counterpart instead); other async drivers (``+aiosqlite``), and all of
-    them under trio, are mapped to their synchronous counterpart.
+    on the event loop where it is installed; other async drivers
+    (``+aiosqlite``), and all of them under trio, are mapped to their
+    synchronous counterpart.
 
-    Options of this package: ``cancel_timeout=`` (seconds; the bound on a
-    cancelled call, see docs/cancellation.md) and ``thread_placement=``
-    (whether the event loop's thread and this engine's workers share one CPU
-    under concurrent load: ``"auto"``, the default, for databases on a
-    server; ``"on"``, SQLite too; ``"off"``; see docs/bridge.md) and
-    ``overflow_linger=`` (seconds, default 1: how long an overflow connection
-    no task needs stays open before the pool closes it; QueuePool closes it
-    at once, 0).
+    Options of this package:
+
+    - ``async_driver=``: ``"native"`` requires the URL's async driver,
+      ``"sync"`` always maps it to its synchronous counterpart
+      (docs/async-drivers.md).
+    - ``cancel_timeout=``: seconds, the bound on a cancelled call
+      (docs/cancellation.md).
+    - ``thread_placement=``: whether the event loop's thread and this
+      engine's workers share one CPU under concurrent load: ``"auto"`` (the
+      default) for databases on a server, ``"on"`` for SQLite too, ``"off"``
+      (docs/bridge.md).
+    - ``overflow_linger=``: seconds (default 1) an overflow connection no
+      task needs stays open before the pool closes it; 0 closes it at once,
+      as QueuePool does.
     """
     if kw.get("server_side_cursors", False):
         raise async_exc.AsyncMethodRequired(
@@ -371,6 +377,7 @@ class AsyncEngine(ProxyComparable[Engine], AsyncConnectable):
     _connection_cls: type[AsyncConnection]
 
     def __init__(self, sync_engine: Engine) -> None:
+        #: The proxied sync :class:`~sqlalchemy.engine.Engine`; use it as an event target.
         self.sync_engine = self._assign_proxied(sync_engine)
         _guard.install_engine(sync_engine)
         _chunk.install_engine(sync_engine)
@@ -386,7 +393,8 @@ class AsyncEngine(ProxyComparable[Engine], AsyncConnectable):
 
     @contextlib.asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncConnection]:
-        """``async with engine.begin() as conn:`` — connect, begin, commit."""
+        """``async with engine.begin() as conn:`` — a connection in a transaction,
+        committed at the end of the block (rolled back on error), then closed."""
         conn = self.connect()
         async with conn:
             async with conn.begin():
@@ -446,19 +454,20 @@ class AsyncEngine(ProxyComparable[Engine], AsyncConnectable):
                     await _shielded_within(bound, workers.dispose)
 
     def clear_compiled_cache(self) -> None:
-        """Clear the compiled cache associated with the dialect."""
+        """Empty the dialect's cache of compiled statements."""
         self.sync_engine.clear_compiled_cache()
 
     def update_execution_options(self, **opt: Any) -> None:
-        """Update the default execution_options dictionary of this engine."""
+        """Add to this engine's default execution options, in place."""
         self.sync_engine.update_execution_options(**opt)
 
     def get_execution_options(self) -> _ExecuteOptions:
-        """The non-SQL options which take effect during execution."""
+        """This engine's default execution options."""
         return self.sync_engine.get_execution_options()
 
     @property
     def url(self) -> URL:
+        """The database URL of the sync engine (settable)."""
         return self.sync_engine.url
 
     @url.setter
@@ -467,6 +476,7 @@ class AsyncEngine(ProxyComparable[Engine], AsyncConnectable):
 
     @property
     def pool(self) -> sa_pool.Pool:
+        """The connection pool of the sync engine (settable)."""
         return self.sync_engine.pool
 
     @pool.setter
@@ -475,6 +485,7 @@ class AsyncEngine(ProxyComparable[Engine], AsyncConnectable):
 
     @property
     def dialect(self) -> Dialect:
+        """The dialect of the sync engine (settable)."""
         return self.sync_engine.dialect
 
     @dialect.setter
@@ -488,14 +499,17 @@ class AsyncEngine(ProxyComparable[Engine], AsyncConnectable):
 
     @property
     def name(self) -> str:
+        """The dialect's name, e.g. ``"postgresql"``."""
         return self.sync_engine.name
 
     @property
     def driver(self) -> str:
+        """The name of the DBAPI driver in use, e.g. ``"psycopg"``."""
         return self.sync_engine.driver
 
     @property
     def echo(self) -> Any:
+        """Whether the engine logs its SQL statements (settable)."""
         return self.sync_engine.echo
 
     @echo.setter
@@ -520,8 +534,12 @@ class AsyncConnection(
     def __init__(
         self, async_engine: AsyncEngine, sync_connection: Optional[Connection] = None
     ) -> None:
+        #: The :class:`AsyncEngine` this connection belongs to.
         self.engine = async_engine
+        #: The sync :class:`~sqlalchemy.engine.Engine` of :attr:`engine`.
         self.sync_engine = async_engine.sync_engine
+        #: The proxied sync :class:`~sqlalchemy.engine.Connection`, None until the
+        #: connection is started; use it as an event target.
         self.sync_connection = self._assign_proxied(sync_connection)
         #: The worker this connection leased at start() and gives back at
         #: close().  None for a proxy of somebody else's connection (a
@@ -594,7 +612,7 @@ class AsyncConnection(
         )
 
     async def get_raw_connection(self) -> PoolProxiedConnection:
-        """The pooled DBAPI-level connection in use by this connection."""
+        """The pool's wrapper of the DBAPI connection in use (a synchronous object)."""
         return await self._call(getattr, self._proxied, "connection")
 
     @property
@@ -623,10 +641,14 @@ class AsyncConnection(
         return AsyncTransaction(self, nested=True)
 
     async def invalidate(self, exception: Optional[BaseException] = None) -> None:
-        """Invalidate the underlying DBAPI connection."""
+        """Discard the DBAPI connection; the next use opens a new one.
+
+        Inside a transaction, call :meth:`rollback` before using the connection again.
+        """
         await self._call(self._proxied.invalidate, exception=exception)
 
     async def get_isolation_level(self) -> IsolationLevel:
+        """The isolation level in effect on this connection, as the database reports it."""
         return await self._call(self._proxied.get_isolation_level)
 
     def in_transaction(self) -> bool:
@@ -659,11 +681,11 @@ class AsyncConnection(
         return self
 
     async def commit(self) -> None:
-        """Commit the transaction that is currently in progress."""
+        """Commit the current transaction."""
         await self._call(self._proxied.commit)
 
     async def rollback(self) -> None:
-        """Roll back the transaction that is currently in progress."""
+        """Roll back the current transaction."""
         await self._call(self._proxied.rollback)
 
     async def close(self) -> None:
@@ -824,14 +846,17 @@ class AsyncConnection(
 
     @property
     def closed(self) -> bool:
+        """True once the connection is closed."""
         return self._proxied.closed
 
     @property
     def invalidated(self) -> bool:
+        """True if the DBAPI connection was invalidated (see :meth:`invalidate`)."""
         return self._proxied.invalidated
 
     @property
     def dialect(self) -> Dialect:
+        """The dialect of the connection's engine (settable)."""
         return self._proxied.dialect
 
     @dialect.setter
@@ -840,6 +865,7 @@ class AsyncConnection(
 
     @property
     def default_isolation_level(self) -> Optional[IsolationLevel]:
+        """The dialect's default isolation level, read at the engine's first connect."""
         return self._proxied.default_isolation_level
 
 
@@ -889,8 +915,11 @@ class AsyncTransaction(ProxyComparable[Transaction], StartableContext["AsyncTran
     __slots__ = ("connection", "nested", "sync_transaction")
 
     def __init__(self, connection: AsyncConnection, nested: bool = False) -> None:
+        #: The :class:`AsyncConnection` this transaction runs on.
         self.connection = connection
+        #: The proxied sync :class:`~sqlalchemy.engine.Transaction`, None until started.
         self.sync_transaction: Optional[Transaction] = None
+        #: True for a SAVEPOINT (:meth:`AsyncConnection.begin_nested`).
         self.nested = nested
 
     @classmethod
@@ -913,14 +942,16 @@ class AsyncTransaction(ProxyComparable[Transaction], StartableContext["AsyncTran
 
     @property
     def is_valid(self) -> bool:
+        """True while the transaction is active and its connection not invalidated."""
         return self._proxied.is_valid
 
     @property
     def is_active(self) -> bool:
+        """True until the transaction ends or an error deactivates it."""
         return self._proxied.is_active
 
     async def close(self) -> None:
-        """Close: a root transaction rolls back; a nested one is left as is."""
+        """Close the transaction, rolling it back if active (a nested one to its savepoint)."""
         await self.connection._call(self._proxied.close)
 
     async def rollback(self) -> None:

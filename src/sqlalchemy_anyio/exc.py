@@ -8,15 +8,15 @@ from sqlalchemy import exc
 
 
 class AsyncMethodRequired(exc.InvalidRequestError):
-    """An API can't be used because its result would not be compatible with async."""
+    """Server-side cursors were asked for where only ``stream()`` can provide them."""
 
 
 class AsyncContextNotStarted(exc.InvalidRequestError):
-    """A startable context manager has not been started."""
+    """A connection or transaction was used before being awaited or entered."""
 
 
 class AsyncContextAlreadyStarted(exc.InvalidRequestError):
-    """A startable context manager is already started."""
+    """A connection or transaction was awaited or entered a second time."""
 
 
 class AsyncBindNotFound(exc.InvalidRequestError):

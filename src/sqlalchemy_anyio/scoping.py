@@ -50,7 +50,11 @@ def _proxy_attr(name: str, settable: bool) -> Any:
     def fset(self: async_scoped_session[Any], value: Any) -> None:
         setattr(self._proxied, name, value)
 
-    return property(fget, fset if settable else None, doc=f"Proxy for AsyncSession.{name}.")
+    return property(
+        fget,
+        fset if settable else None,
+        doc=f"Proxy for :attr:`AsyncSession.{name}` of the current scope's session.",
+    )
 
 
 class async_scoped_session(Generic[_AS]):
@@ -107,27 +111,35 @@ class async_scoped_session(Generic[_AS]):
         return iter(self._proxied)
 
     async def aclose(self) -> None:
+        """Call :meth:`AsyncSession.aclose` on the current scope's session."""
         await self._proxied.aclose()
 
     def add(self, instance: object, *, _warn: bool = True) -> None:
+        """Call :meth:`AsyncSession.add` on the current scope's session."""
         self._proxied.add(instance, _warn=_warn)
 
     def add_all(self, instances: Iterable[object]) -> None:
+        """Call :meth:`AsyncSession.add_all` on the current scope's session."""
         self._proxied.add_all(instances)
 
     def begin(self) -> AsyncSessionTransaction:
+        """Call :meth:`AsyncSession.begin` on the current scope's session."""
         return self._proxied.begin()
 
     def begin_nested(self) -> AsyncSessionTransaction:
+        """Call :meth:`AsyncSession.begin_nested` on the current scope's session."""
         return self._proxied.begin_nested()
 
     async def close(self) -> None:
+        """Call :meth:`AsyncSession.close` on the current scope's session."""
         await self._proxied.close()
 
     async def reset(self) -> None:
+        """Call :meth:`AsyncSession.reset` on the current scope's session."""
         await self._proxied.reset()
 
     async def commit(self) -> None:
+        """Call :meth:`AsyncSession.commit` on the current scope's session."""
         await self._proxied.commit()
 
     async def connection(
@@ -136,14 +148,17 @@ class async_scoped_session(Generic[_AS]):
         execution_options: Optional[Any] = None,
         **kw: Any,
     ) -> AsyncConnection:
+        """Call :meth:`AsyncSession.connection` on the current scope's session."""
         return await self._proxied.connection(
             bind_arguments=bind_arguments, execution_options=execution_options, **kw
         )
 
     async def delete(self, instance: object) -> None:
+        """Call :meth:`AsyncSession.delete` on the current scope's session."""
         await self._proxied.delete(instance)
 
     async def delete_all(self, instances: Iterable[object]) -> None:
+        """Call :meth:`AsyncSession.delete_all` on the current scope's session."""
         await self._proxied.delete_all(instances)  # type: ignore[attr-defined, unused-ignore]
 
     async def execute(
@@ -155,6 +170,7 @@ class async_scoped_session(Generic[_AS]):
         bind_arguments: Optional[_BindArguments] = None,
         **kw: Any,
     ) -> Result[Any]:
+        """Call :meth:`AsyncSession.execute` on the current scope's session."""
         return await self._proxied.execute(
             statement,
             params,
@@ -164,18 +180,23 @@ class async_scoped_session(Generic[_AS]):
         )
 
     def expire(self, instance: object, attribute_names: Optional[Iterable[str]] = None) -> None:
+        """Call :meth:`AsyncSession.expire` on the current scope's session."""
         self._proxied.expire(instance, attribute_names=attribute_names)
 
     def expire_all(self) -> None:
+        """Call :meth:`AsyncSession.expire_all` on the current scope's session."""
         self._proxied.expire_all()
 
     def expunge(self, instance: object) -> None:
+        """Call :meth:`AsyncSession.expunge` on the current scope's session."""
         self._proxied.expunge(instance)
 
     def expunge_all(self) -> None:
+        """Call :meth:`AsyncSession.expunge_all` on the current scope's session."""
         self._proxied.expunge_all()
 
     async def flush(self, objects: Optional[Sequence[Any]] = None) -> None:
+        """Call :meth:`AsyncSession.flush` on the current scope's session."""
         await self._proxied.flush(objects)
 
     def get_bind(
@@ -185,6 +206,7 @@ class async_scoped_session(Generic[_AS]):
         bind: Any = None,
         **kw: Any,
     ) -> Union[Engine, Connection]:
+        """Call :meth:`AsyncSession.get_bind` on the current scope's session."""
         return self._proxied.get_bind(mapper=mapper, clause=clause, bind=bind, **kw)
 
     def get_async_bind(
@@ -194,20 +216,25 @@ class async_scoped_session(Generic[_AS]):
         bind: Any = None,
         **kw: Any,
     ) -> _AsyncSessionBind:
+        """Call :meth:`AsyncSession.get_async_bind` on the current scope's session."""
         return self._proxied.get_async_bind(mapper=mapper, clause=clause, bind=bind, **kw)
 
     def is_modified(self, instance: object, include_collections: bool = True) -> bool:
+        """Call :meth:`AsyncSession.is_modified` on the current scope's session."""
         return self._proxied.is_modified(instance, include_collections=include_collections)
 
     async def invalidate(self) -> None:
+        """Call :meth:`AsyncSession.invalidate` on the current scope's session."""
         await self._proxied.invalidate()
 
     async def merge(self, instance: Any, *, load: bool = True, options: Any = None) -> Any:
+        """Call :meth:`AsyncSession.merge` on the current scope's session."""
         return await self._proxied.merge(instance, load=load, options=options)
 
     async def merge_all(
         self, instances: Iterable[Any], *, load: bool = True, options: Any = None
     ) -> Any:
+        """Call :meth:`AsyncSession.merge_all` on the current scope's session."""
         return await self._proxied.merge_all(  # type: ignore[attr-defined, unused-ignore]
             instances, load=load, options=options
         )
@@ -218,11 +245,13 @@ class async_scoped_session(Generic[_AS]):
         attribute_names: Optional[Iterable[str]] = None,
         with_for_update: Any = None,
     ) -> None:
+        """Call :meth:`AsyncSession.refresh` on the current scope's session."""
         await self._proxied.refresh(
             instance, attribute_names=attribute_names, with_for_update=with_for_update
         )
 
     async def rollback(self) -> None:
+        """Call :meth:`AsyncSession.rollback` on the current scope's session."""
         await self._proxied.rollback()
 
     async def scalar(
@@ -234,6 +263,7 @@ class async_scoped_session(Generic[_AS]):
         bind_arguments: Optional[_BindArguments] = None,
         **kw: Any,
     ) -> Any:
+        """Call :meth:`AsyncSession.scalar` on the current scope's session."""
         return await self._proxied.scalar(
             statement,
             params,
@@ -251,6 +281,7 @@ class async_scoped_session(Generic[_AS]):
         bind_arguments: Optional[_BindArguments] = None,
         **kw: Any,
     ) -> ScalarResult[Any]:
+        """Call :meth:`AsyncSession.scalars` on the current scope's session."""
         return await self._proxied.scalars(
             statement,
             params,
@@ -270,6 +301,7 @@ class async_scoped_session(Generic[_AS]):
         identity_token: Optional[Any] = None,
         execution_options: OrmExecuteOptionsParameter = sa_util.EMPTY_DICT,
     ) -> Any:
+        """Call :meth:`AsyncSession.get` on the current scope's session."""
         return await self._proxied.get(
             entity,
             ident,
@@ -291,6 +323,7 @@ class async_scoped_session(Generic[_AS]):
         identity_token: Optional[Any] = None,
         execution_options: OrmExecuteOptionsParameter = sa_util.EMPTY_DICT,
     ) -> Any:
+        """Call :meth:`AsyncSession.get_one` on the current scope's session."""
         return await self._proxied.get_one(
             entity,
             ident,
@@ -310,6 +343,7 @@ class async_scoped_session(Generic[_AS]):
         bind_arguments: Optional[_BindArguments] = None,
         **kw: Any,
     ) -> AsyncResult[Any]:
+        """Call :meth:`AsyncSession.stream` on the current scope's session."""
         return await self._proxied.stream(
             statement,
             params,
@@ -327,6 +361,7 @@ class async_scoped_session(Generic[_AS]):
         bind_arguments: Optional[_BindArguments] = None,
         **kw: Any,
     ) -> AsyncScalarResult[Any]:
+        """Call :meth:`AsyncSession.stream_scalars` on the current scope's session."""
         return await self._proxied.stream_scalars(
             statement,
             params,
@@ -336,18 +371,23 @@ class async_scoped_session(Generic[_AS]):
         )
 
     async def run_sync(self, fn: Callable[..., Any], *arg: Any, **kw: Any) -> Any:
+        """Call :meth:`AsyncSession.run_sync` on the current scope's session."""
         return await self._proxied.run_sync(fn, *arg, **kw)
 
     def get_transaction(self) -> Optional[AsyncSessionTransaction]:
+        """Call :meth:`AsyncSession.get_transaction` on the current scope's session."""
         return self._proxied.get_transaction()
 
     def get_nested_transaction(self) -> Optional[AsyncSessionTransaction]:
+        """Call :meth:`AsyncSession.get_nested_transaction` on the current scope's session."""
         return self._proxied.get_nested_transaction()
 
     def in_transaction(self) -> bool:
+        """Call :meth:`AsyncSession.in_transaction` on the current scope's session."""
         return self._proxied.in_transaction()
 
     def in_nested_transaction(self) -> bool:
+        """Call :meth:`AsyncSession.in_nested_transaction` on the current scope's session."""
         return self._proxied.in_nested_transaction()
 
     bind = _proxy_attr("bind", True)
@@ -370,6 +410,7 @@ class async_scoped_session(Generic[_AS]):
 
     @classmethod
     def object_session(cls, instance: object) -> Optional[Session]:
+        """Call :meth:`AsyncSession.object_session`."""
         return AsyncSession.object_session(instance)
 
     @classmethod
@@ -382,6 +423,7 @@ class async_scoped_session(Generic[_AS]):
         row: Optional[Any] = None,
         identity_token: Optional[Any] = None,
     ) -> Any:
+        """Call :meth:`AsyncSession.identity_key`."""
         return AsyncSession.identity_key(
             class_=class_, ident=ident, instance=instance, row=row, identity_token=identity_token
         )

@@ -1,10 +1,11 @@
 """AsyncSession and friends: the ORM Session on one leased worker thread.
 
-An :class:`AsyncSession` leases one worker at first use and keeps it until
-``close()`` / ``reset()`` / ``invalidate()`` or the end of ``async with``.
-Every call of the sync :class:`~sqlalchemy.orm.Session` and every connection
-it opens runs on that thread; lazy loads attempted anywhere else are refused
-by the guard (see ``_guard.guard_session``).
+An :class:`AsyncSession` holds a worker while its transaction holds a
+connection: from the first statement until commit, rollback or close.  Every
+call of the sync :class:`~sqlalchemy.orm.Session` and every connection it
+opens runs on that thread; calls that need no connection lease a worker for
+their duration only.  Lazy loads attempted anywhere else are refused by the
+guard (see ``_guard.guard_session``).
 """
 
 from __future__ import annotations
@@ -172,7 +173,12 @@ async def _load_attribute(instance: Any, name: str) -> Any:
 
 
 class AsyncSession(ReversibleProxy[Session]):
-    """An async proxy for a :class:`~sqlalchemy.orm.Session` on one worker thread."""
+    """An async proxy for a :class:`~sqlalchemy.orm.Session` that runs it on worker threads.
+
+    While its transaction holds a connection, all of the session's work runs on
+    that connection's worker thread.  A lazy load attempted on the event loop
+    raises :class:`WorkerThreadRequired`.
+    """
 
     _is_asyncio = True
 
@@ -749,18 +755,22 @@ class AsyncSession(ReversibleProxy[Session]):
 
     @property
     def dirty(self) -> IdentitySet:
+        """Persistent instances with attribute changes not flushed yet."""
         return self.sync_session.dirty
 
     @property
     def deleted(self) -> IdentitySet:
+        """Instances marked as deleted, not flushed yet."""
         return self.sync_session.deleted
 
     @property
     def new(self) -> IdentitySet:
+        """Instances added and not flushed yet."""
         return self.sync_session.new
 
     @property
     def identity_map(self) -> IdentityMap:
+        """The persistent instances of the session, by identity key (settable)."""
         return self.sync_session.identity_map
 
     @identity_map.setter
@@ -769,10 +779,12 @@ class AsyncSession(ReversibleProxy[Session]):
 
     @property
     def is_active(self) -> bool:
+        """False while a failed flush waits for :meth:`rollback`, else True."""
         return self.sync_session.is_active
 
     @property
     def autoflush(self) -> bool:
+        """Whether queries flush pending changes first (settable)."""
         return self.sync_session.autoflush
 
     @autoflush.setter
@@ -786,6 +798,7 @@ class AsyncSession(ReversibleProxy[Session]):
 
     @property
     def info(self) -> Dict[Any, Any]:
+        """A dictionary for the application's own data about this session."""
         return self.sync_session.info
 
     @property
@@ -848,6 +861,7 @@ _AS = TypeVar("_AS", bound=AsyncSession)
 class async_sessionmaker(Generic[_AS]):
     """A configurable :class:`AsyncSession` factory."""
 
+    #: The class of the sessions this maker makes (``class_=``).
     class_: Type[_AS]
 
     @overload
@@ -892,7 +906,8 @@ class async_sessionmaker(Generic[_AS]):
         self.class_ = class_
 
     def begin(self) -> _AsyncSessionContextManager[_AS]:
-        """``async with maker.begin() as session:`` — new session, commit, close."""
+        """``async with maker.begin() as session:`` — a new session in a transaction,
+        committed at the end of the block (rolled back on error), then closed."""
         return self()._maker_context_manager()
 
     def __call__(self, **local_kw: Any) -> _AS:
@@ -971,16 +986,20 @@ class AsyncSessionTransaction(
 
     __slots__ = ("nested", "session", "sync_transaction")
 
+    #: The :class:`AsyncSession` this transaction belongs to.
     session: AsyncSession
+    #: The proxied sync :class:`~sqlalchemy.orm.SessionTransaction`, None until started.
     sync_transaction: Optional[SessionTransaction]
 
     def __init__(self, session: AsyncSession, nested: bool = False) -> None:
         self.session = session
+        #: True for a SAVEPOINT (:meth:`AsyncSession.begin_nested`).
         self.nested = nested
         self.sync_transaction = None
 
     @property
     def is_active(self) -> bool:
+        """True once started, until the transaction ends or an error deactivates it."""
         return self.sync_transaction is not None and self._sync_transaction().is_active
 
     def _sync_transaction(self) -> SessionTransaction:
@@ -1027,6 +1046,7 @@ class AsyncSessionTransaction(
         return obj
 
     async def start(self, is_ctxmanager: bool = False) -> AsyncSessionTransaction:
+        """Begin the transaction outside of an ``async with`` block."""
         session = self.session
         sync = session.sync_session
         if self.nested or session._lease is not None:
