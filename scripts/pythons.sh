@@ -10,7 +10,8 @@
 # it) is made once with debootstrap from this machine's Debian mirror and kept
 # between runs; it holds python3.14 and python3.15 with their venv and dev
 # packages, gcc, and the client libraries the drivers need.  For a run, /proc,
-# /sys, /dev and this checkout (at /src) are bind-mounted into it, and
+# /sys, /dev and this checkout (at its own path, so that runs from two
+# checkouts at once each see their own tree) are bind-mounted into it, and
 # scripts/test.sh runs there with PYTHON=python3.X and VENV=.venv-3.X (in the
 # checkout, so kept too).
 # The chroot shares this machine's network: the test servers on 127.0.0.1 are
@@ -31,7 +32,7 @@ chroot_setup
 trap chroot_unmount_all EXIT
 trap 'exit 130' HUP INT TERM
 chroot_mount_system
-chroot_bind "$ROOT" "$CHROOT/src"
+chroot_bind "$ROOT" "$CHROOT$ROOT"
 # the variables scripts/test.sh and the tests read, passed through
 pass_env=""
 for name in CI SQLALCHEMY SQLALCHEMY_ANYIO_DATABASES SQLALCHEMY_ANYIO_NO_CEXT \
@@ -45,4 +46,4 @@ done
 pass_env="$pass_env SQLALCHEMY_ANYIO_SHARED_SERVERS=1"
 # shellcheck disable=SC2086
 chroot_run $pass_env PYTHON="python$version" VENV=".venv-$version" \
-    sh -c 'cd /src && exec sh scripts/test.sh "$@"' test.sh "$@"
+    sh -c 'cd "$0" && exec sh scripts/test.sh "$@"' "$ROOT" "$@"
