@@ -151,7 +151,7 @@ class AsyncCommon(Generic[_R]):
 
     async def _close_shielded(self) -> None:
         self._buffer = collections.deque()
-        await self._worker.call_shielded(self._real_result.close)
+        await self._worker.call_ending(self._real_result.close)
 
     @property
     def closed(self) -> bool:
