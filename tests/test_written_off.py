@@ -163,6 +163,18 @@ async def test_engine_begin_way_out(stuck_engine: tuple[AsyncEngine, Stuck]) -> 
     await _settled(engine, stuck)
 
 
+async def test_dispose_does_not_wait_for_the_stuck_statement(
+    stuck_engine: tuple[AsyncEngine, Stuck],
+) -> None:
+    engine, stuck = stuck_engine
+    async with engine.connect() as conn:
+        await _write_off(lambda: conn.execute(BLOCK))
+    await _within(engine.dispose, None)
+    async with engine.connect() as conn:  # a disposed engine opens anew
+        assert await conn.scalar(ONE) == 1
+    await _settled(engine, stuck)
+
+
 async def test_stream_opened_before(stuck_engine: tuple[AsyncEngine, Stuck]) -> None:
     engine, stuck = stuck_engine
     async with engine.connect() as conn:
