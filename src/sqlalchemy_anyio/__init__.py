@@ -21,6 +21,7 @@ from .exc import (
     AsyncContextNotStarted,
     AsyncMethodRequired,
     CallerCancelled,
+    ConnectionWrittenOff,
     DriverMappedWarning,
     WorkerThreadRequired,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "AsyncTransaction",
     "AsyncTupleResult",
     "CallerCancelled",
+    "ConnectionWrittenOff",
     "DriverMappedWarning",
     "WorkerThreadRequired",
     "await_",

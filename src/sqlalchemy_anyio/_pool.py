@@ -366,7 +366,8 @@ class WorkerQueuePool(QueuePool):
         with self._lock:
             retiring, self._retiring = self._retiring, []
         for worker in retiring:
-            worker.join(DISPOSE_WAIT)
+            if not worker.stuck:  # a written-off one ends when its stuck call returns
+                worker.join(DISPOSE_WAIT)
         self.logger.info("Pool disposed. %s", self.status())
 
     @classmethod

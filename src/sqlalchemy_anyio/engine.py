@@ -592,15 +592,20 @@ class AsyncConnection(
                 _cancel.arm(worker, conn)
         return await worker.call(fn, *args, **kwargs)
 
-    async def _call_shielded(self, fn: Callable[..., _T], *args: Any) -> _T:
-        """Run to its end even if cancelled (within the bound): transaction ends, close."""
+    async def _call_shielded(self, fn: Callable[..., Any], *args: Any, ending: bool = True) -> None:
+        """Run to its end even if cancelled (within the bound): transaction ends,
+        close; an ``ending`` one is queued behind a written-off call (``call_ending``)."""
         worker = self._worker
         if worker is None:
             conn = self._proxied
             worker = None if conn.closed else _guard.owner_of(conn)
             if worker is None:
-                return await self._call(fn, *args)
-        return await worker.call_shielded(fn, *args)
+                await self._call(fn, *args)
+                return
+        if ending:
+            await worker.call_ending(fn, *args)
+        else:
+            await worker.call_shielded(fn, *args)
 
     @property
     def connection(self) -> NoReturn:
@@ -972,7 +977,9 @@ class AsyncTransaction(ProxyComparable[Transaction], StartableContext["AsyncTran
         return self
 
     async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
-        await self.connection._call_shielded(self._proxied.__exit__, type_, value, traceback)
+        await self.connection._call_shielded(
+            self._proxied.__exit__, type_, value, traceback, ending=type_ is not None
+        )
 
 
 @inspection._inspects(AsyncEngine)

@@ -41,6 +41,34 @@ class CallerCancelled(_FutureCancelled):
     """
 
 
+class ConnectionWrittenOff(exc.PendingRollbackError):
+    """The connection (or session) is still stuck in a statement that ignored
+    its interrupt and was written off after ``cancel_timeout``.
+
+    Raised at once, instead of waiting behind that statement without a bound.
+    A subclass of :class:`sqlalchemy.exc.PendingRollbackError`, the official
+    extension's error for a connection that cannot be used until it is reset.
+    """
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or WRITTEN_OFF)
+
+
+WRITTEN_OFF = (
+    "This connection was written off: a cancelled statement on it ignored its "
+    "interrupt past the engine's cancel_timeout, and it still runs on the "
+    "connection's worker thread.  Close this AsyncSession or AsyncConnection and "
+    "use a new one (the engine's other connections are unaffected); raise "
+    "cancel_timeout, or use a driver and server that honour a cancel, where "
+    "statements must be able to outlive it."
+)
+
+CLOSE_STILL_RUNNING = (
+    "This session's close is still running on its worker thread past the engine's "
+    "cancel_timeout; the session can be used again once it has finished."
+)
+
+
 class DriverMappedWarning(UserWarning):
     """An async driver in a URL (``+asyncpg``, ``+aiosqlite``...) was replaced by
     its synchronous counterpart, which is what runs on the worker threads.
@@ -58,6 +86,7 @@ __all__ = [
     "AsyncContextNotStarted",
     "AsyncMethodRequired",
     "CallerCancelled",
+    "ConnectionWrittenOff",
     "DriverMappedWarning",
     "WorkerThreadRequired",
 ]

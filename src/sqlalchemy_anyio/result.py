@@ -143,7 +143,7 @@ class AsyncCommon(Generic[_R]):
     async def close(self) -> None:
         """Close this result."""
         self._buffer = collections.deque()
-        await self._worker.call(self._real_result.close)
+        await self._worker.call_ending(self._real_result.close)
 
     def _close_on_worker(self) -> None:
         """Close the sync result; called on the worker by a cancellation's recovery."""
@@ -151,7 +151,7 @@ class AsyncCommon(Generic[_R]):
 
     async def _close_shielded(self) -> None:
         self._buffer = collections.deque()
-        await self._worker.call_shielded(self._real_result.close)
+        await self._worker.call_ending(self._real_result.close)
 
     @property
     def closed(self) -> bool:

@@ -41,10 +41,10 @@ from sqlalchemy.engine import Connection, Engine, Result, ScalarResult
 from sqlalchemy.orm import Session, SessionTransaction, object_session
 from sqlalchemy.orm import state as _instance_state
 
-from . import _cancel, _chunk, _guard
+from . import _cancel, _chunk, _guard, _written_off
 from . import exc as async_exc
 from ._base import ReversibleProxy, StartableContext
-from ._bridge import Worker, _impl, give_back_later
+from ._bridge import Worker, give_back_later
 from ._buffer import buffer_result
 from .engine import AsyncConnection, AsyncEngine, lease_worker, spare_workers
 from .result import AsyncResult, AsyncScalarResult
@@ -241,8 +241,7 @@ class AsyncSession(ReversibleProxy[Session]):
         """Wait for a close queued on the last worker and not awaited (see _end)."""
         pending = self._pending_end
         if pending is not None:
-            if not pending.done:
-                await _impl.wait(pending)
+            await pending.wait()  # refused behind a written-off call
             self._pending_end = None
 
     async def _acquire(self) -> _Lease:
@@ -296,11 +295,12 @@ class AsyncSession(ReversibleProxy[Session]):
             if lease.owned and self._lease is lease and not _holds_connection(self.sync_session):
                 self._release()
 
-    async def _call_shielded(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        """Like :meth:`_call`; a cancellation lets ``fn`` run to its end (within the bound)."""
+    async def _call_shielded(self, fn: Callable[..., Any], *args: Any) -> None:
+        """An ending call (rollback, close): runs to its end if cancelled, within
+        the bound; behind a written-off call, queued (``Worker.call_ending``)."""
         lease = self._lease or await self._acquire()
         try:
-            return await lease.worker.call_shielded(fn, *args, **kwargs)
+            await lease.worker.call_ending(fn, *args)
         finally:
             if lease.owned and self._lease is lease and not _holds_connection(self.sync_session):
                 self._release()
@@ -315,9 +315,20 @@ class AsyncSession(ReversibleProxy[Session]):
         """
         await self._after_pending_end()
         lease = self._lease
-        if lease is not None and not on_worker and lease.owned and lease.worker.in_demand():
-            self._pending_end = lease.worker.submit_quietly("closing an AsyncSession", fn)
+        if lease is not None and lease.worker.stuck:
+            # Written off: the close queues behind the stuck call, and the
+            # session is refused until it has run.  A commit cannot happen.
+            close = self.sync_session.close if on_worker else fn
+            self._pending_end = await lease.worker.call_ending(close)
             self._release()
+            if on_worker:
+                raise async_exc.ConnectionWrittenOff()
+            return
+        if lease is not None and not on_worker and lease.owned and lease.worker.in_demand():
+            pending = self._pending_end = lease.worker.hand_on("closing an AsyncSession", fn)
+            self._release()
+            await pending.wait(shield=True)  # sync methods after close() see it done
+            self._pending_end = None
             return
         try:
             if lease is not None or on_worker:
@@ -1134,3 +1145,6 @@ __all__ = [
     "async_sessionmaker",
     "close_all_sessions",
 ]
+
+
+_written_off.guard(AsyncSession)  # refused while a written-off call may use the session

@@ -19,6 +19,7 @@ from typing import Any, Callable, Deque, Optional, TypeVar
 import anyio
 
 from .. import _fork
+from ..exc import CLOSE_STILL_RUNNING, ConnectionWrittenOff
 from . import _impl, _placement, _reentry
 
 _T = TypeVar("_T")
@@ -106,6 +107,9 @@ class Worker:
         self._streams_lock = threading.Lock()
         #: True once a call outlived its cancellation grace: never reuse.
         self.broken = False
+        #: Once written off: the last job queued behind the call that is
+        #: stuck (its invalidation, then ending calls); see :attr:`stuck`.
+        self._behind: Any = None
         #: Whether this worker follows the thread placement (its engine's
         #: ``thread_placement``): then the loops calling it may be packed.
         self.placed = _placement.SUPPORTED and bool(getattr(pool, "placement", False))
@@ -211,6 +215,32 @@ class Worker:
             return fn(*args, **kwargs)
         return await self._call_job(fn, args, kwargs, FINISH)  # type: ignore[no-any-return]
 
+    @property
+    def stuck(self) -> bool:
+        """Written off, and the call that outlived its bound (or something
+        queued behind it) still runs: calls are refused, not queued."""
+        behind = self._behind
+        return behind is not None and not behind.done
+
+    async def call_ending(self, fn: Callable[..., Any], *args: Any) -> Optional[Ending]:
+        """Run an ending call (close, rollback, reset, invalidate) to its end,
+        even if cancelled, within the bound (as :meth:`call_shielded`).
+
+        On a worker written off and still stuck it is queued behind the stuck
+        call instead, nobody waiting for it (a failure is logged), and the
+        returned :class:`Ending` says when it has run.
+        """
+        if self.stuck:
+            job = self._behind = self.submit_quietly("ending a written-off call", fn, *args)
+            return Ending(self, job)
+        await self.call_shielded(fn, *args)
+        return None
+
+    def hand_on(self, what: str, fn: Callable[..., Any], *args: Any) -> Ending:
+        """Queue an ending call not waited for here (the worker is handed on
+        to the next lessee, whose calls queue behind it)."""
+        return Ending(self, self.submit_quietly(what, fn, *args))
+
     async def call_or_abandon(
         self, cleanup: Callable[[_T], object], fn: Callable[..., _T], *args: Any
     ) -> _T:
@@ -229,6 +259,10 @@ class Worker:
         on_cancel: str,
         cleanup: Optional[Callable[[Any], object]] = None,
     ) -> Any:
+        if self._behind is not None and on_cancel != ABANDON and self.stuck:
+            # The one policy for a written-off connection: never wait behind
+            # the call that ignored its interrupt (see call_ending for closes).
+            raise ConnectionWrittenOff()
         self.loop = _impl._get_running_loop()
         # The Call lets the job reach this loop (anyio.from_thread, await_).
         _reentry.refuse_if_serving(self.ident)
@@ -349,12 +383,49 @@ class Worker:
         """Never hand this worker out again; its connection is invalidated
         once whatever it is stuck in returns."""
         self.broken = True
-        invalidate = self.invalidate
-        if invalidate is not None:
-            try:
-                self.submit_quietly("invalidating a connection after a cancellation", invalidate)
-            except RuntimeError:  # stopped already
-                pass
+        try:
+            self._behind = self.submit_quietly(
+                "invalidating a connection after a cancellation", self.invalidate or _nothing
+            )
+        except RuntimeError:  # stopped already
+            pass
+
+
+class Ending:
+    """An ending call (a close) queued on a worker and not waited for: behind a
+    written-off call, or handed on with the worker.  Whoever uses the session
+    next must not overtake it."""
+
+    __slots__ = ("job", "worker")
+
+    def __init__(self, worker: Worker, job: Any) -> None:
+        self.worker = worker
+        self.job = job
+
+    @property
+    def done(self) -> bool:
+        return bool(self.job.done)
+
+    def check(self) -> None:
+        """For synchronous code on the loop: refuse while it still runs."""
+        if not self.job.done:
+            raise ConnectionWrittenOff("" if self.worker.broken else CLOSE_STILL_RUNNING)
+
+    async def wait(self, shield: bool = False) -> None:
+        """Wait for it, within the cancellation bound; behind a stuck call,
+        refuse at once."""
+        if self.job.done:
+            return
+        if self.worker.stuck:
+            raise ConnectionWrittenOff()
+        with anyio.CancelScope(shield=shield):
+            done = await _impl.wait_for(self.job, self.worker.cancel_timeout())
+        if not done:
+            self.check()
+
+
+def _nothing() -> None:
+    pass
 
 
 def give_back_later(worker: Worker, fn: Optional[Callable[..., Any]] = None, *args: Any) -> None:
