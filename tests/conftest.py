@@ -226,6 +226,25 @@ def mysql_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
     return url_for(request.param, tmp_path)
 
 
+POSTGRESQL_DATABASES = [k for k in SERVER_DATABASES if k.startswith("postgresql")]
+
+
+@pytest.fixture(
+    params=POSTGRESQL_DATABASES
+    or [
+        pytest.param(
+            "none",
+            marks=pytest.mark.skip(
+                reason="no PostgreSQL database selected (SQLALCHEMY_ANYIO_DATABASES)"
+            ),
+        )
+    ]
+)
+def postgresql_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """Each PostgreSQL driver in turn."""
+    return url_for(request.param, tmp_path)
+
+
 @pytest.fixture
 async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
     """An AsyncEngine on each database, disposed afterwards."""

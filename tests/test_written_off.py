@@ -369,11 +369,9 @@ async def test_server_statement_that_ignores_cancel(server_url: str) -> None:
         await engine.dispose()
 
 
-async def test_postgresql_cancel_stops_a_blocked_lock(server_url: str) -> None:
+async def test_postgresql_cancel_stops_a_blocked_lock(postgresql_url: str) -> None:
     """A lock wait is a statement the server can cancel: no write-off."""
-    if not server_url.startswith("postgresql"):
-        pytest.skip("LOCK TABLE ... IN ACCESS EXCLUSIVE MODE is PostgreSQL's")
-    engine = create_async_engine(server_url, cancel_timeout=5, pool_size=2, max_overflow=0)
+    engine = create_async_engine(postgresql_url, cancel_timeout=5, pool_size=2, max_overflow=0)
     try:
         async with engine.begin() as conn:
             await conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS written_off_lock (id int)")

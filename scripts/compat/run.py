@@ -523,8 +523,7 @@ def sqlalchemy_suite(dbs: list[Database], loops: list[str], scratch: Path) -> It
         stale = [
             patterns[0]
             for patterns, where, _ in exclusions
-            if db.name in where
-            and not any(_like(t, p) for t in gaps for p in patterns)
+            if db.name in where and not any(_like(t, p) for t in gaps for p in patterns)
         ]
         passed = [sum(st == "passed" for st in r.values()) for r in (official, ours)]
         note = (

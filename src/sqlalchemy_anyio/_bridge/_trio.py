@@ -88,7 +88,8 @@ checkpoint = trio.lowlevel.checkpoint
 
 def is_idle() -> bool:
     """True if no other task is ready to run in this trio run."""
-    return trio.lowlevel.current_statistics().tasks_runnable == 0
+    runnable: int = trio.lowlevel.current_statistics().tasks_runnable
+    return runnable == 0
 
 
 async def wait(job: Any) -> None:
