@@ -191,55 +191,31 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
     return url_for(request.param, tmp_path)
 
 
-@pytest.fixture(
-    params=SERVER_DATABASES
-    or [
-        pytest.param(
-            "none",
-            marks=pytest.mark.skip(
-                reason="no server database selected (SQLALCHEMY_ANYIO_DATABASES)"
-            ),
-        )
-    ]
-)
+def _params(kinds: list[str], what: str) -> list[Any]:
+    """Fixture params: ``kinds``, or one skipped param saying none of ``what`` was selected."""
+    if kinds:
+        return list(kinds)
+    reason = f"no {what} database selected (SQLALCHEMY_ANYIO_DATABASES)"
+    return [pytest.param("none", marks=pytest.mark.skip(reason=reason))]
+
+
+MYSQL_DATABASES = [k for k in SERVER_DATABASES if k.startswith("mysql")]
+POSTGRESQL_DATABASES = [k for k in SERVER_DATABASES if k.startswith("postgresql")]
+
+
+@pytest.fixture(params=_params(SERVER_DATABASES, "server"))
 def server_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
     """Each server database/driver in turn (PostgreSQL, MariaDB)."""
     return url_for(request.param, tmp_path)
 
 
-MYSQL_DATABASES = [k for k in SERVER_DATABASES if k.startswith("mysql")]
-
-
-@pytest.fixture(
-    params=MYSQL_DATABASES
-    or [
-        pytest.param(
-            "none",
-            marks=pytest.mark.skip(
-                reason="no MySQL database selected (SQLALCHEMY_ANYIO_DATABASES)"
-            ),
-        )
-    ]
-)
+@pytest.fixture(params=_params(MYSQL_DATABASES, "MySQL"))
 def mysql_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
     """Each MySQL/MariaDB driver in turn."""
     return url_for(request.param, tmp_path)
 
 
-POSTGRESQL_DATABASES = [k for k in SERVER_DATABASES if k.startswith("postgresql")]
-
-
-@pytest.fixture(
-    params=POSTGRESQL_DATABASES
-    or [
-        pytest.param(
-            "none",
-            marks=pytest.mark.skip(
-                reason="no PostgreSQL database selected (SQLALCHEMY_ANYIO_DATABASES)"
-            ),
-        )
-    ]
-)
+@pytest.fixture(params=_params(POSTGRESQL_DATABASES, "PostgreSQL"))
 def postgresql_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
     """Each PostgreSQL driver in turn."""
     return url_for(request.param, tmp_path)
