@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import warnings
 import weakref
+from operator import attrgetter
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -22,12 +23,10 @@ from typing import (
     FrozenSet,
     Generic,
     Iterable,
-    Iterator,
     Mapping,
     NoReturn,
     Optional,
     Sequence,
-    Tuple,
     Type,
     TypeVar,
     Union,
@@ -46,6 +45,8 @@ from . import exc as async_exc
 from ._base import ReversibleProxy, StartableContext
 from ._bridge import Worker, _impl, give_back_later
 from ._buffer import buffer_result
+from ._forwarding import forward, typed
+from ._session_proxy import SESSION_ATTRIBUTES, SESSION_CLASS_METHODS, SESSION_METHODS
 from .engine import AsyncConnection, AsyncEngine, lease_worker, spare_workers
 from .result import AsyncResult, AsyncScalarResult
 
@@ -57,9 +58,8 @@ POPULATE_EXISTING_DEFAULT: Optional[bool] = (
 )
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Row, RowMapping
     from sqlalchemy.engine.interfaces import CoreExecuteOptionsParameter, _CoreAnyExecuteParams
-    from sqlalchemy.orm._typing import OrmExecuteOptionsParameter, _IdentityKeyType
+    from sqlalchemy.orm._typing import OrmExecuteOptionsParameter
     from sqlalchemy.orm.identity import IdentityMap
     from sqlalchemy.orm.interfaces import ORMOption
     from sqlalchemy.orm.session import _BindArguments, _PKIdentityArgument, _SessionBindKey
@@ -709,126 +709,39 @@ class AsyncSession(ReversibleProxy[Session]):
     def _maker_context_manager(self: _AS) -> _AsyncSessionContextManager[_AS]:
         return _AsyncSessionContextManager(self)
 
-    # -- proxied, no I/O ----------------------------------------------------
+    if TYPE_CHECKING:  # for type checkers; the forwards are made below (_session_proxy)
+        __contains__ = typed(Session.__contains__)
+        __iter__ = typed(Session.__iter__)
+        add = typed(Session.add)
+        add_all = typed(Session.add_all)
+        expire = typed(Session.expire)
+        expire_all = typed(Session.expire_all)
+        expunge = typed(Session.expunge)
+        expunge_all = typed(Session.expunge_all)
+        is_modified = typed(Session.is_modified)
+        in_transaction = typed(Session.in_transaction)
+        in_nested_transaction = typed(Session.in_nested_transaction)
+        dirty: IdentitySet
+        deleted: IdentitySet
+        new: IdentitySet
+        identity_map: IdentityMap
+        is_active: bool
+        autoflush: bool
+        no_autoflush: Any
+        info: Dict[Any, Any]
+        execution_options: Any
+        object_session = staticmethod(Session.object_session)
+        identity_key = staticmethod(Session.identity_key)
 
-    def __contains__(self, instance: object) -> bool:
-        return self.sync_session.__contains__(instance)
 
-    def __iter__(self) -> Iterator[object]:
-        return self.sync_session.__iter__()
-
-    def add(self, instance: object, *, _warn: bool = True) -> None:
-        """Place ``instance`` in the session (flushed at the next flush)."""
-        self.sync_session.add(instance, _warn=_warn)
-
-    def add_all(self, instances: Iterable[object]) -> None:
-        """Add each of ``instances``."""
-        self.sync_session.add_all(instances)
-
-    def expire(self, instance: object, attribute_names: Optional[Iterable[str]] = None) -> None:
-        """Mark attributes of ``instance`` as stale (reload them with refresh())."""
-        self.sync_session.expire(instance, attribute_names=attribute_names)
-
-    def expire_all(self) -> None:
-        """Expire every instance of the session."""
-        self.sync_session.expire_all()
-
-    def expunge(self, instance: object) -> None:
-        """Remove ``instance`` from the session."""
-        self.sync_session.expunge(instance)
-
-    def expunge_all(self) -> None:
-        """Remove all instances from the session."""
-        self.sync_session.expunge_all()
-
-    def is_modified(self, instance: object, include_collections: bool = True) -> bool:
-        """Whether ``instance`` has local changes to flush."""
-        return self.sync_session.is_modified(instance, include_collections=include_collections)
-
-    def in_transaction(self) -> bool:
-        """True if the session has begun a transaction."""
-        return self.sync_session.in_transaction()
-
-    def in_nested_transaction(self) -> bool:
-        """True if a SAVEPOINT is in progress."""
-        return self.sync_session.in_nested_transaction()
-
-    @property
-    def dirty(self) -> IdentitySet:
-        """Persistent instances with attribute changes not flushed yet."""
-        return self.sync_session.dirty
-
-    @property
-    def deleted(self) -> IdentitySet:
-        """Instances marked as deleted, not flushed yet."""
-        return self.sync_session.deleted
-
-    @property
-    def new(self) -> IdentitySet:
-        """Instances added and not flushed yet."""
-        return self.sync_session.new
-
-    @property
-    def identity_map(self) -> IdentityMap:
-        """The persistent instances of the session, by identity key (settable)."""
-        return self.sync_session.identity_map
-
-    @identity_map.setter
-    def identity_map(self, attr: IdentityMap) -> None:
-        self.sync_session.identity_map = attr
-
-    @property
-    def is_active(self) -> bool:
-        """False while a failed flush waits for :meth:`rollback`, else True."""
-        return self.sync_session.is_active
-
-    @property
-    def autoflush(self) -> bool:
-        """Whether queries flush pending changes first (settable)."""
-        return self.sync_session.autoflush
-
-    @autoflush.setter
-    def autoflush(self, attr: bool) -> None:
-        self.sync_session.autoflush = attr
-
-    @property
-    def no_autoflush(self) -> Any:
-        """A context manager that disables autoflush."""
-        return self.sync_session.no_autoflush
-
-    @property
-    def info(self) -> Dict[Any, Any]:
-        """A dictionary for the application's own data about this session."""
-        return self.sync_session.info
-
-    @property
-    def execution_options(self) -> Any:
-        """Session-wide execution options (SQLAlchemy 2.1)."""
-        return self.sync_session.execution_options  # type: ignore[attr-defined, unused-ignore]
-
-    @execution_options.setter
-    def execution_options(self, attr: Any) -> None:
-        self.sync_session.execution_options = attr  # type: ignore[attr-defined, unused-ignore]
-
-    @classmethod
-    def object_session(cls, instance: object) -> Optional[Session]:
-        """The sync Session ``instance`` belongs to."""
-        return Session.object_session(instance)
-
-    @classmethod
-    def identity_key(
-        cls,
-        class_: Optional[Type[Any]] = None,
-        ident: Union[Any, Tuple[Any, ...]] = None,
-        *,
-        instance: Optional[Any] = None,
-        row: Optional[Union[Row[Any], RowMapping]] = None,
-        identity_token: Optional[Any] = None,
-    ) -> _IdentityKeyType[Any]:
-        """An identity key (see ``sqlalchemy.orm.util.identity_key``)."""
-        return Session.identity_key(
-            class_=class_, ident=ident, instance=instance, row=row, identity_token=identity_token
-        )
+forward(
+    AsyncSession,
+    Session,
+    attrgetter("sync_session"),
+    methods=SESSION_METHODS,
+    attributes=SESSION_ATTRIBUTES,
+    class_methods=SESSION_CLASS_METHODS,
+)
 
 
 def _execute_buffered(
