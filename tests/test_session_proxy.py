@@ -14,8 +14,10 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from sqlalchemy_anyio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
+    _engine_proxy,
     async_scoped_session,
     async_sessionmaker,
     create_async_engine,
@@ -167,3 +169,54 @@ async def test_scoped_session_forwards_to_the_current_scope(proxy_engine: AsyncE
     assert len({id(s) for s in seen.values()}) == 3
     async with AsyncSession(proxy_engine) as check:
         assert (await check.scalars(sa.select(Thing.id).order_by(Thing.id))).all() == [1, 2, 3]
+
+
+# -- AsyncEngine and AsyncConnection: the same mechanism (_engine_proxy)
+
+
+@pytest.mark.parametrize(
+    ("cls", "sync_cls", "methods", "attributes"),
+    [
+        (AsyncEngine, sa.Engine, "ENGINE_METHODS", "ENGINE_ATTRIBUTES"),
+        (AsyncConnection, sa.Connection, "CONNECTION_METHODS", "CONNECTION_ATTRIBUTES"),
+    ],
+)
+def test_engine_and_connection_forwards(
+    cls: type, sync_cls: type, methods: str, attributes: str
+) -> None:
+    for name in getattr(_engine_proxy, methods):
+        method = getattr(cls, name)
+        assert inspect.signature(method) == inspect.signature(getattr(sync_cls, name))
+        assert method.__doc__ and method.__qualname__ == f"{cls.__name__}.{name}"
+    for name, (settable, _doc) in getattr(_engine_proxy, attributes).items():
+        attr = inspect.getattr_static(cls, name)
+        assert isinstance(attr, property) and attr.__doc__
+        assert (attr.fset is not None) == settable
+
+
+@pytest.mark.anyio
+async def test_engine_and_connection_forward_to_their_sync_objects(
+    proxy_engine: AsyncEngine,
+) -> None:
+    sync = proxy_engine.sync_engine
+    assert (proxy_engine.url, proxy_engine.pool, proxy_engine.dialect) == (
+        sync.url,
+        sync.pool,
+        sync.dialect,
+    )
+    assert (proxy_engine.name, proxy_engine.driver, proxy_engine.engine) == (
+        "sqlite",
+        "pysqlite",
+        sync,
+    )
+    proxy_engine.update_execution_options(logging_token="t")
+    assert proxy_engine.get_execution_options()["logging_token"] == "t"
+    proxy_engine.echo = False
+    assert sync.echo is False
+    async with proxy_engine.connect() as conn:
+        assert not conn.in_transaction() and not conn.closed and not conn.invalidated
+        await conn.execute(sa.text("select 1"))
+        assert conn.in_transaction() and not conn.in_nested_transaction()
+        assert conn.info is conn.sync_connection.info
+        assert conn.dialect is sync.dialect
+    assert conn.closed

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
+from operator import attrgetter
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -52,6 +53,13 @@ from ._bridge import (
     give_back_later,
 )
 from ._buffer import buffer_result
+from ._engine_proxy import (
+    CONNECTION_ATTRIBUTES,
+    CONNECTION_METHODS,
+    ENGINE_ATTRIBUTES,
+    ENGINE_METHODS,
+)
+from ._forwarding import forward, typed
 from ._pool import WorkerQueuePool
 from ._urls import to_sync_url
 from .result import AsyncResult, AsyncScalarResult
@@ -62,7 +70,6 @@ if TYPE_CHECKING:
         Dialect,
         IsolationLevel,
         _CoreAnyExecuteParams,
-        _ExecuteOptions,
     )
     from sqlalchemy.pool import PoolProxiedConnection
     from sqlalchemy.sql.base import Executable
@@ -453,68 +460,19 @@ class AsyncEngine(ProxyComparable[Engine], AsyncConnectable):
                 if not isinstance(workers, WorkerQueuePool):
                     await _shielded_within(bound, workers.dispose)
 
-    def clear_compiled_cache(self) -> None:
-        """Empty the dialect's cache of compiled statements."""
-        self.sync_engine.clear_compiled_cache()
+    if TYPE_CHECKING:  # for type checkers; the forwards are made below (_engine_proxy)
+        clear_compiled_cache = typed(Engine.clear_compiled_cache)
 
-    def update_execution_options(self, **opt: Any) -> None:
-        """Add to this engine's default execution options, in place."""
-        self.sync_engine.update_execution_options(**opt)
+        def update_execution_options(self, **opt: Any) -> None: ...
 
-    def get_execution_options(self) -> _ExecuteOptions:
-        """This engine's default execution options."""
-        return self.sync_engine.get_execution_options()
-
-    @property
-    def url(self) -> URL:
-        """The database URL of the sync engine (settable)."""
-        return self.sync_engine.url
-
-    @url.setter
-    def url(self, attr: URL) -> None:
-        self.sync_engine.url = attr
-
-    @property
-    def pool(self) -> sa_pool.Pool:
-        """The connection pool of the sync engine (settable)."""
-        return self.sync_engine.pool
-
-    @pool.setter
-    def pool(self, attr: sa_pool.Pool) -> None:
-        self.sync_engine.pool = attr
-
-    @property
-    def dialect(self) -> Dialect:
-        """The dialect of the sync engine (settable)."""
-        return self.sync_engine.dialect
-
-    @dialect.setter
-    def dialect(self, attr: Dialect) -> None:
-        self.sync_engine.dialect = attr
-
-    @property
-    def engine(self) -> Engine:
-        """The sync :class:`~sqlalchemy.engine.Engine`, as ``Engine.engine`` does."""
-        return self.sync_engine.engine
-
-    @property
-    def name(self) -> str:
-        """The dialect's name, e.g. ``"postgresql"``."""
-        return self.sync_engine.name
-
-    @property
-    def driver(self) -> str:
-        """The name of the DBAPI driver in use, e.g. ``"psycopg"``."""
-        return self.sync_engine.driver
-
-    @property
-    def echo(self) -> Any:
-        """Whether the engine logs its SQL statements (settable)."""
-        return self.sync_engine.echo
-
-    @echo.setter
-    def echo(self, attr: Any) -> None:
-        self.sync_engine.echo = attr
+        get_execution_options = typed(Engine.get_execution_options)
+        url: URL
+        pool: sa_pool.Pool
+        dialect: Dialect
+        engine: Engine
+        name: str
+        driver: str
+        echo: Any
 
     def __repr__(self) -> str:
         return f"AsyncEngine({self.sync_engine.url!r})"
@@ -615,11 +573,6 @@ class AsyncConnection(
         """The pool's wrapper of the DBAPI connection in use (a synchronous object)."""
         return await self._call(getattr, self._proxied, "connection")
 
-    @property
-    def info(self) -> Dict[str, Any]:
-        """The ``info`` dictionary of the underlying DBAPI connection."""
-        return self._proxied.info
-
     def _check_started(self) -> None:
         if self.sync_connection is None:
             self._raise_for_not_started()
@@ -650,14 +603,6 @@ class AsyncConnection(
     async def get_isolation_level(self) -> IsolationLevel:
         """The isolation level in effect on this connection, as the database reports it."""
         return await self._call(self._proxied.get_isolation_level)
-
-    def in_transaction(self) -> bool:
-        """True if a transaction is in progress."""
-        return self._proxied.in_transaction()
-
-    def in_nested_transaction(self) -> bool:
-        """True if a nested transaction (SAVEPOINT) is in progress."""
-        return self._proxied.in_nested_transaction()
 
     def get_transaction(self) -> Optional[AsyncTransaction]:
         """The current root transaction, if any."""
@@ -844,31 +789,30 @@ class AsyncConnection(
     async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
         await self.close()
 
-    @property
-    def closed(self) -> bool:
-        """True once the connection is closed."""
-        return self._proxied.closed
-
-    @property
-    def invalidated(self) -> bool:
-        """True if the DBAPI connection was invalidated (see :meth:`invalidate`)."""
-        return self._proxied.invalidated
-
-    @property
-    def dialect(self) -> Dialect:
-        """The dialect of the connection's engine (settable)."""
-        return self._proxied.dialect
-
-    @dialect.setter
-    def dialect(self, attr: Dialect) -> None:
-        self._proxied.dialect = attr
-
-    @property
-    def default_isolation_level(self) -> Optional[IsolationLevel]:
-        """The dialect's default isolation level, read at the engine's first connect."""
-        return self._proxied.default_isolation_level
+    if TYPE_CHECKING:  # for type checkers; the forwards are made below (_engine_proxy)
+        in_transaction = typed(Connection.in_transaction)
+        in_nested_transaction = typed(Connection.in_nested_transaction)
+        info: Dict[str, Any]
+        closed: bool
+        invalidated: bool
+        dialect: Dialect
+        default_isolation_level: Optional[IsolationLevel]
 
 
+forward(
+    AsyncEngine,
+    Engine,
+    attrgetter("sync_engine"),
+    methods=ENGINE_METHODS,
+    attributes=ENGINE_ATTRIBUTES,
+)
+forward(
+    AsyncConnection,
+    Connection,
+    attrgetter("_proxied"),
+    methods=CONNECTION_METHODS,
+    attributes=CONNECTION_ATTRIBUTES,
+)
 AsyncEngine._connection_cls = AsyncConnection
 
 
