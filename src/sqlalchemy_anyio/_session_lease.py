@@ -16,8 +16,9 @@ from sqlalchemy.orm import Session
 
 from . import _cancel, _guard
 from ._bridge import Worker, _impl, give_back_later
+from ._engine_workers import lease_worker, spare_workers
 from ._session_binds import SessionBinds
-from .engine import AsyncConnection, lease_worker, spare_workers
+from .engine import AsyncConnection
 
 _T = TypeVar("_T")
 

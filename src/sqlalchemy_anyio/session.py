@@ -35,11 +35,12 @@ from sqlalchemy.orm import state as _instance_state
 
 from . import _guard
 from ._base import ReversibleProxy, StartableContext
+from ._engine_workers import spare_workers
 from ._forwarding import forward, typed
 from ._session_binds import _AsyncSessionBind, _to_sync_bind
 from ._session_proxy import SESSION_ATTRIBUTES, SESSION_CLASS_METHODS, SESSION_METHODS
 from ._session_statements import SessionStatements
-from .engine import AsyncConnection, AsyncEngine, spare_workers
+from .engine import AsyncConnection, AsyncEngine
 
 if TYPE_CHECKING:
     from sqlalchemy.engine.interfaces import CoreExecuteOptionsParameter
