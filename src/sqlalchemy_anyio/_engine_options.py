@@ -11,10 +11,23 @@ from typing import Any, Dict, Optional
 
 from sqlalchemy import exc
 from sqlalchemy import pool as sa_pool
+from sqlalchemy.engine import Engine
 from sqlalchemy.engine.url import URL
 
-from ._bridge import _placement, bound_seconds
+from ._bridge import _impl, _placement, bound_seconds
 from ._pool import WorkerQueuePool
+
+
+def _number(name: str, value: Any, low: float, high: float, allowed: str, what: str) -> float:
+    """``value`` as a number from ``low`` to ``high``, else ArgumentError
+    saying what ``name`` allows (``allowed``) and what it is for (``what``)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not low <= number <= high:  # (strings: from a config file)
+        raise exc.ArgumentError(f"{name} must be {allowed}, not {value!r}: {what}")
+    return number
 
 
 def parse_cancel_timeout(value: Any) -> Optional[float]:
@@ -30,29 +43,117 @@ def parse_cancel_timeout(value: Any) -> Optional[float]:
     return seconds
 
 
-def parse_overflow_linger(value: Any) -> Optional[float]:
-    """The ``overflow_linger=`` engine option: seconds, 0 to an hour (None: the default)."""
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = -1.0
-    if isinstance(value, bool) or not 0 <= seconds <= 3600:
-        raise exc.ArgumentError(
-            f"overflow_linger must be a number of seconds from 0 to 3600, not {value!r}: "
-            "how long an overflow connection the pool does not need is kept before it is "
-            "closed (0: at once, as QueuePool does)."
-        )
-    return seconds
-
-
 def parse_thread_placement(value: Any) -> str:
     """The ``thread_placement=`` engine option: ``"auto"``, ``"on"`` or ``"off"``."""
     try:
         return _placement.parse_mode(value)
     except ValueError as error:
         raise exc.ArgumentError(str(error)) from None
+
+
+class EngineOptions:
+    """The options of one engine, validated; None: the process-wide default."""
+
+    __slots__ = (
+        "active_expire",
+        "active_workers",
+        "cancel_timeout",
+        "loop_spin",
+        "overflow_linger",
+        "thread_placement",
+        "worker_spin",
+    )
+
+    def __init__(self, kw: Dict[str, Any]) -> None:
+        """Take this package's options out of ``kw`` (create_engine's arguments)."""
+        self.cancel_timeout = parse_cancel_timeout(kw.pop("cancel_timeout", None))
+        self.thread_placement = parse_thread_placement(
+            kw.pop("thread_placement", _placement.DEFAULT)
+        )
+        self.overflow_linger = self._get(
+            kw,
+            "overflow_linger",
+            3600,
+            "a number of seconds from 0 to 3600",
+            "how long an overflow connection the pool does not need is kept before it is "
+            "closed (0: at once, as QueuePool does).",
+        )
+        self.loop_spin = self._get(
+            kw,
+            "loop_spin",
+            1,
+            "a number of seconds from 0 to 1",
+            "the longest time the event loop waits, without the GIL, for a call it just "
+            "handed to a worker, when nothing else is ready (0: never; the pure-Python "
+            "bridge never does).",
+        )
+        self.worker_spin = self._get(
+            kw,
+            "worker_spin",
+            1,
+            "a number of seconds from 0 to 1",
+            "the longest time a worker waits, without the GIL, for its next call before "
+            "it parks (0: park at once).",
+        )
+        workers = self._get(
+            kw,
+            "active_workers",
+            1_000_000,
+            "a whole number from 0 to 1000000",
+            "how many of this engine's workers run calls at once (0: no limit).",
+        )
+        if workers is not None and workers != int(workers):
+            raise exc.ArgumentError(
+                f"active_workers must be a whole number from 0 to 1000000, not "
+                f"{kw.get('active_workers', workers)!r}"
+            )
+        self.active_workers = None if workers is None else int(workers)
+        expire = self._get(
+            kw,
+            "active_expire",
+            1,
+            "a number of seconds above 0, at most 1",
+            "after how long a running call gives its place up (it is most likely "
+            "waiting on the server, the disk or a lock).",
+        )
+        if expire == 0:
+            raise exc.ArgumentError(
+                "active_expire must be a number of seconds above 0, at most 1, not 0"
+            )
+        self.active_expire = expire
+
+    @staticmethod
+    def _get(kw: Dict[str, Any], name: str, high: float, allowed: str, what: str) -> Any:
+        value = kw.pop(name, None)
+        return None if value is None else _number(name, value, 0, high, allowed, what)
+
+    def apply(self, workers: Any, sync_engine: Engine) -> None:
+        """Give an engine's worker source (``_engine_workers.workers_for``) these settings."""
+        local = sync_engine.dialect.name == "sqlite"
+        queue_pool = isinstance(workers, WorkerQueuePool)
+        if self.cancel_timeout is not None:
+            workers.cancel_timeout = self.cancel_timeout
+        workers.placement = _placement.placed(self.thread_placement, local=local)
+        workers.loop_spin = self.loop_spin
+        workers.worker_spin = self.worker_spin
+        try:
+            workers.gate = _impl.engine_gate(
+                local and queue_pool, self.active_workers, self.active_expire
+            )
+        except ValueError:
+            raise exc.ArgumentError(
+                "active_expire applies to an engine with an admission gate of its own: "
+                "give active_workers= too (this engine's workers go through the "
+                "process-wide gate, SQLALCHEMY_ANYIO_ACTIVE_WORKERS)."
+            ) from None
+        if queue_pool:
+            if self.overflow_linger is not None:
+                workers.overflow_linger = self.overflow_linger
+        elif self.overflow_linger is not None:
+            raise exc.ArgumentError(
+                f"overflow_linger applies to a QueuePool; this engine's pool is a "
+                f"{type(sync_engine.pool).__name__}"
+            )
 
 
 def worker_pool_default(url: URL, kw: Dict[str, Any]) -> None:

@@ -38,18 +38,10 @@ from ._base import (
 )
 from ._bridge import (
     Worker,
-    _placement,
-    engine_gate,
     give_back_later,
 )
 from ._connection_statements import ConnectionStatements
-from ._engine_options import (
-    parse_cancel_timeout,
-    parse_overflow_linger,
-    parse_thread_placement,
-    sqlite_defaults,
-    worker_pool_default,
-)
+from ._engine_options import EngineOptions, sqlite_defaults, worker_pool_default
 from ._engine_proxy import (
     CONNECTION_ATTRIBUTES,
     CONNECTION_METHODS,
@@ -58,7 +50,6 @@ from ._engine_proxy import (
 )
 from ._engine_workers import dispose_workers, lease_worker, root_engine, spare_workers, workers_for
 from ._forwarding import forward, typed
-from ._pool import WorkerQueuePool
 from ._urls import to_sync_url
 
 if TYPE_CHECKING:
@@ -106,9 +97,7 @@ def create_async_engine(url: Union[str, URL], **kw: Any) -> AsyncEngine:
             "streaming result set"
         )
     kw.pop("_is_async", None)
-    cancel_timeout = parse_cancel_timeout(kw.pop("cancel_timeout", None))
-    placement = parse_thread_placement(kw.pop("thread_placement", _placement.DEFAULT))
-    linger = parse_overflow_linger(kw.pop("overflow_linger", None))
+    options = EngineOptions(kw)
     given = make_url(url)
     native = _async_drivers.native_url(given, kw.pop("async_driver", None))
     async_creator = kw.pop("async_creator", None)
@@ -127,19 +116,7 @@ def create_async_engine(url: Union[str, URL], **kw: Any) -> AsyncEngine:
         worker_pool_default(sync_url, kw)
         sync_engine = _create_engine(sync_url, **kw)
     engine = AsyncEngine(sync_engine)
-    workers = workers_for(engine.sync_engine)
-    if cancel_timeout is not None:
-        workers.cancel_timeout = cancel_timeout
-    workers.placement = _placement.placed(placement, local=sync_engine.dialect.name == "sqlite")
-    if isinstance(workers, WorkerQueuePool):
-        workers.gate = engine_gate(local=sync_engine.dialect.name == "sqlite")
-        if linger is not None:
-            workers.overflow_linger = linger
-    elif linger is not None:
-        raise exc.ArgumentError(
-            f"overflow_linger applies to a QueuePool; this engine's pool is a "
-            f"{type(sync_engine.pool).__name__}"
-        )
+    options.apply(workers_for(sync_engine), sync_engine)
     return engine
 
 
