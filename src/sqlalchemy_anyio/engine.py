@@ -75,20 +75,38 @@ def create_async_engine(url: Union[str, URL], **kw: Any) -> AsyncEngine:
     (``+aiosqlite``), and all of them under trio, are mapped to their
     synchronous counterpart.
 
-    Options of this package:
+    Options of this package (each engine keeps its own; a value out of range
+    raises :class:`sqlalchemy.exc.ArgumentError`; the environment variables
+    named give the process-wide defaults, in microseconds; docs/bridge.md,
+    "Settings"):
 
     - ``async_driver=``: ``"native"`` requires the URL's async driver,
       ``"sync"`` always maps it to its synchronous counterpart
       (docs/async-drivers.md).
-    - ``cancel_timeout=``: seconds, the bound on a cancelled call
-      (docs/cancellation.md).
+    - ``cancel_timeout=``: seconds (default 10, SQLALCHEMY_ANYIO_CANCEL_TIMEOUT),
+      the bound on a cancelled call (docs/cancellation.md).
     - ``thread_placement=``: whether the event loop's thread and this
       engine's workers share one CPU under concurrent load: ``"auto"`` (the
-      default) for databases on a server, ``"on"`` for SQLite too, ``"off"``
-      (docs/bridge.md).
-    - ``overflow_linger=``: seconds (default 1) an overflow connection no
-      task needs stays open before the pool closes it; 0 closes it at once,
-      as QueuePool does.
+      default, SQLALCHEMY_ANYIO_THREAD_PLACEMENT) for databases on a server,
+      ``"on"`` for SQLite too, ``"off"``.
+    - ``overflow_linger=``: seconds (0 to 3600, default 1) an overflow
+      connection no task needs stays open before the pool closes it; 0
+      closes it at once, as QueuePool does.
+    - ``loop_spin=``: seconds (0 to 1, default 0.0005,
+      SQLALCHEMY_ANYIO_LOOP_SPIN_US) the event loop may wait without the GIL
+      for a call it just handed over, when nothing else is ready; 0 never.
+      The pure-Python bridge never spins.
+    - ``worker_spin=``: seconds (0 to 1, default 0.0001,
+      SQLALCHEMY_ANYIO_WORKER_SPIN_US) a worker waits without the GIL for its
+      next call before it parks; 0 parks at once.
+    - ``active_workers=``: how many of this engine's workers run calls at
+      once (0 to 1000000; 0: no limit), through an admission gate of the
+      engine's own.  Default: SQLite engines 1
+      (SQLALCHEMY_ANYIO_SQLITE_ACTIVE_WORKERS), others the process-wide gate
+      (SQLALCHEMY_ANYIO_ACTIVE_WORKERS, default 0: no limit).
+    - ``active_expire=``: seconds (above 0, at most 1, default 0.002,
+      SQLALCHEMY_ANYIO_ACTIVE_EXPIRE_US) after which a running call gives its
+      place up; needs a gate of the engine's own.
     """
     if kw.get("server_side_cursors", False):
         raise async_exc.AsyncMethodRequired(
