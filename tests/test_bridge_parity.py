@@ -308,3 +308,44 @@ def test_reset_after_fork_alike(impl: ModuleType) -> None:
     other.put(None)
     other.serve()  # the renewed gate admits the child's own channels
     assert job.outcome() == 3 and gate.active == 0
+
+
+# -- per-engine settings: a channel's worker spin, a gate's expiry
+
+
+@pytest.mark.parametrize("spin", [None, 0, 0.00025, 1, 1e-7])
+def test_worker_spin_reads_back_alike(impl: ModuleType, spin: Any) -> None:
+    channel = impl.Channel(impl.Gate(2, 0.003), False, spin)
+    expected = impl.WORKER_SPIN_NS / 1e9 if spin is None else int(spin * 1e9) / 1e9
+    assert channel.worker_spin == expected
+    assert impl.Channel(worker_spin=spin).worker_spin == expected
+    assert impl.Channel().worker_spin == impl.WORKER_SPIN_NS / 1e9
+
+
+@pytest.mark.parametrize(
+    ("spin", "error"),
+    [
+        (-1, ValueError),
+        (1.5, ValueError),
+        (float("nan"), ValueError),
+        ("x", TypeError),
+        ([], TypeError),
+    ],
+)
+def test_bad_worker_spin_fails_alike(impl: ModuleType, spin: Any, error: type) -> None:
+    with pytest.raises(error) as info:
+        impl.Channel(None, False, spin)
+    if error is ValueError:
+        assert str(info.value) == "Channel needs 0 <= worker_spin <= 1 (seconds)"
+    else:
+        assert str(info.value) == f"must be real number, not {type(spin).__name__}"
+
+
+def test_default_worker_spin_is_the_same(impl: ModuleType) -> None:
+    assert impl.WORKER_SPIN_NS == _native.WORKER_SPIN_NS
+
+
+@pytest.mark.parametrize("expire", [0.002, 0.0005, 0.003, 1.0, 1e-6])
+def test_gate_expire_reads_back_alike(impl: ModuleType, expire: float) -> None:
+    assert impl.Gate(1, expire).expire == int(expire * 1e9) / 1e9
+    assert impl.Gate().expire == 0.002

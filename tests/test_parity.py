@@ -35,6 +35,81 @@ class Item(Base):
     name: Mapped[str] = mapped_column(sa.String(20))
 
 
+# -- every public signature against the official extension's
+
+#: Where the signatures differ on purpose: the result classes are built by this
+#: package (from a buffered result and its worker), never by the application.
+_OWN_CONSTRUCTORS = {"AsyncResult", "AsyncScalarResult", "AsyncMappingResult", "AsyncTupleResult"}
+_DUNDERS = {"__init__", "__call__", "__aenter__", "__aexit__", "__contains__", "__iter__"}
+
+
+def _shape(fn: Any) -> Optional[list[tuple[str, Any, str]]]:
+    """Parameter names, kinds and defaults (a class default by its name)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    return [
+        (p.name, p.kind, p.default.__name__ if isinstance(p.default, type) else repr(p.default))
+        for p in params
+    ]
+
+
+def _members(cls: type) -> dict[str, Any]:
+    names = (n for n in dir(cls) if not n.startswith("_") or n in _DUNDERS)
+    members = {}
+    for name in names:
+        attr = inspect.getattr_static(cls, name, None)
+        if isinstance(attr, (classmethod, staticmethod)):
+            attr = attr.__func__
+        if isinstance(attr, property) or callable(attr):
+            members[name] = attr
+    return members
+
+
+def test_every_public_signature_matches_the_official_one() -> None:
+    """Every name both packages export, and every public method and property
+    of their classes: the same parameters (names, kinds, defaults) and the
+    same settable attributes.  The official module needs greenlet: where it is
+    not installed (the test requirements) this is skipped, saying so; .ci/run
+    runs it in the compatibility suite's environment, which has it."""
+    pytest.importorskip("greenlet", reason="the official extension needs greenlet")
+    import importlib
+
+    import sqlalchemy_anyio
+
+    official = importlib.import_module("sqlalchemy.ext.asyncio")
+    differences, compared = [], 0
+    for name in sqlalchemy_anyio.__all__:
+        theirs, ours = getattr(official, name, None), getattr(sqlalchemy_anyio, name)
+        if theirs is None:
+            continue  # this package's own (its exceptions, await_)
+        if not inspect.isclass(theirs):
+            compared += 1
+            if _shape(theirs) != _shape(ours):
+                differences.append(name)
+            continue
+        our_members = _members(ours)
+        for attr, their_member in _members(theirs).items():
+            if (name in _OWN_CONSTRUCTORS and attr == "__init__") or attr.startswith("memoized"):
+                continue
+            label, compared = f"{name}.{attr}", compared + 1
+            our_member = our_members.get(attr)
+            if our_member is None:
+                differences.append(f"{label} missing")
+            elif isinstance(their_member, property):
+                settable = their_member.fset is not None
+                if (
+                    not isinstance(our_member, property)
+                    or (our_member.fset is not None) != settable
+                ):
+                    differences.append(f"{label}: property (settable: {settable})")
+            elif _shape(their_member) != _shape(our_member):
+                differences.append(f"{label}: {_shape(their_member)} != {_shape(our_member)}")
+    assert compared > 200
+    assert not differences, differences
+
+
 # -- get()/get_one(): populate_existing defaults as in the official extension
 
 

@@ -62,7 +62,8 @@ class WorkerQueuePool(QueuePool):
     #: The bound on a cancelled call on this pool's workers (None: the default).
     cancel_timeout: Optional[float] = None
     #: The admission gate of this pool's workers (None: the process-wide one);
-    #: SQLite engines get their own (``_impl.engine_gate``).
+    #: SQLite engines and engines given ``active_workers=`` get their own
+    #: (``_impl.engine_gate``).
     gate: Optional[Any] = None
     #: Whether this pool's workers follow the thread placement (the engine's
     #: ``thread_placement``; see ``_bridge._placement``).
@@ -70,6 +71,9 @@ class WorkerQueuePool(QueuePool):
     #: Seconds an idle overflow connection is kept for in case it is needed
     #: again (the engine's ``overflow_linger``; 0: closed at once).
     overflow_linger: float = OVERFLOW_LINGER
+    #: The engine's ``loop_spin`` and ``worker_spin`` (None: the defaults).
+    loop_spin: Optional[float] = None
+    worker_spin: Optional[float] = None
 
     def __init__(
         self,
@@ -419,6 +423,8 @@ class WorkerQueuePool(QueuePool):
         successor.gate = self.gate
         successor.placement = self.placement
         successor.overflow_linger = self.overflow_linger
+        successor.loop_spin = self.loop_spin
+        successor.worker_spin = self.worker_spin
         return successor
 
     def size(self) -> int:

@@ -8,14 +8,12 @@ Results of ``execute()`` are fully fetched there before they are returned.
 from __future__ import annotations
 
 import contextlib
-import threading
 import weakref
+from operator import attrgetter
 from typing import (
     TYPE_CHECKING,
     Any,
-    AsyncGenerator,
     AsyncIterator,
-    Awaitable,
     Callable,
     Dict,
     Generator,
@@ -25,54 +23,43 @@ from typing import (
     Union,
 )
 
-import anyio
 from sqlalchemy import exc, inspection
 from sqlalchemy import pool as sa_pool
-from sqlalchemy import util as sa_util
-from sqlalchemy.engine import Connection, Engine, Result, Transaction
+from sqlalchemy.engine import Connection, Engine, Transaction
 from sqlalchemy.engine import create_engine as _create_engine
 from sqlalchemy.engine import create_pool_from_url as _create_pool_from_url
 from sqlalchemy.engine.url import URL, make_url
 
-from . import _async_drivers, _cancel, _chunk, _fork, _guard
+from . import _async_drivers, _cancel, _chunk, _guard
 from . import exc as async_exc
 from ._base import (
     ProxyComparable,
     StartableContext,
-    asyncstartablecontext,
 )
 from ._bridge import (
-    CANCEL_TIMEOUT,
-    SharedWorkerPool,
     Worker,
-    WorkerPool,
-    _placement,
-    bound_seconds,
-    engine_gate,
     give_back_later,
 )
-from ._buffer import buffer_result
-from ._pool import WorkerQueuePool
+from ._connection_statements import ConnectionStatements
+from ._engine_options import EngineOptions, sqlite_defaults, worker_pool_default
+from ._engine_proxy import (
+    CONNECTION_ATTRIBUTES,
+    CONNECTION_METHODS,
+    ENGINE_ATTRIBUTES,
+    ENGINE_METHODS,
+)
+from ._engine_workers import dispose_workers, lease_worker, root_engine, spare_workers, workers_for
+from ._forwarding import forward, typed
 from ._urls import to_sync_url
-from .result import AsyncResult, AsyncScalarResult
 
 if TYPE_CHECKING:
     from sqlalchemy.engine.interfaces import (
-        CoreExecuteOptionsParameter,
         Dialect,
         IsolationLevel,
-        _CoreAnyExecuteParams,
-        _ExecuteOptions,
     )
     from sqlalchemy.pool import PoolProxiedConnection
-    from sqlalchemy.sql.base import Executable
 
 _T = TypeVar("_T")
-
-#: Worker limit when the engine's pool does not bound its connections.
-DEFAULT_WORKER_LIMIT = 40
-
-_STREAM_OPTIONS = sa_util.immutabledict({"stream_results": True})
 
 
 # --------------------------------------------------------------------------
@@ -88,20 +75,38 @@ def create_async_engine(url: Union[str, URL], **kw: Any) -> AsyncEngine:
     (``+aiosqlite``), and all of them under trio, are mapped to their
     synchronous counterpart.
 
-    Options of this package:
+    Options of this package (each engine keeps its own; a value out of range
+    raises :class:`sqlalchemy.exc.ArgumentError`; the environment variables
+    named give the process-wide defaults, in microseconds; docs/bridge.md,
+    "Settings"):
 
     - ``async_driver=``: ``"native"`` requires the URL's async driver,
       ``"sync"`` always maps it to its synchronous counterpart
       (docs/async-drivers.md).
-    - ``cancel_timeout=``: seconds, the bound on a cancelled call
-      (docs/cancellation.md).
+    - ``cancel_timeout=``: seconds (default 10, SQLALCHEMY_ANYIO_CANCEL_TIMEOUT),
+      the bound on a cancelled call (docs/cancellation.md).
     - ``thread_placement=``: whether the event loop's thread and this
       engine's workers share one CPU under concurrent load: ``"auto"`` (the
-      default) for databases on a server, ``"on"`` for SQLite too, ``"off"``
-      (docs/bridge.md).
-    - ``overflow_linger=``: seconds (default 1) an overflow connection no
-      task needs stays open before the pool closes it; 0 closes it at once,
-      as QueuePool does.
+      default, SQLALCHEMY_ANYIO_THREAD_PLACEMENT) for databases on a server,
+      ``"on"`` for SQLite too, ``"off"``.
+    - ``overflow_linger=``: seconds (0 to 3600, default 1) an overflow
+      connection no task needs stays open before the pool closes it; 0
+      closes it at once, as QueuePool does.
+    - ``loop_spin=``: seconds (0 to 1, default 0.0005,
+      SQLALCHEMY_ANYIO_LOOP_SPIN_US) the event loop may wait without the GIL
+      for a call it just handed over, when nothing else is ready; 0 never.
+      The pure-Python bridge never spins.
+    - ``worker_spin=``: seconds (0 to 1, default 0.0001,
+      SQLALCHEMY_ANYIO_WORKER_SPIN_US) a worker waits without the GIL for its
+      next call before it parks; 0 parks at once.
+    - ``active_workers=``: how many of this engine's workers run calls at
+      once (0 to 1000000; 0: no limit), through an admission gate of the
+      engine's own.  Default: SQLite engines 1
+      (SQLALCHEMY_ANYIO_SQLITE_ACTIVE_WORKERS), others the process-wide gate
+      (SQLALCHEMY_ANYIO_ACTIVE_WORKERS, default 0: no limit).
+    - ``active_expire=``: seconds (above 0, at most 1, default 0.002,
+      SQLALCHEMY_ANYIO_ACTIVE_EXPIRE_US) after which a running call gives its
+      place up; needs a gate of the engine's own.
     """
     if kw.get("server_side_cursors", False):
         raise async_exc.AsyncMethodRequired(
@@ -110,9 +115,7 @@ def create_async_engine(url: Union[str, URL], **kw: Any) -> AsyncEngine:
             "streaming result set"
         )
     kw.pop("_is_async", None)
-    cancel_timeout = _cancel_timeout(kw.pop("cancel_timeout", None))
-    placement = _thread_placement(kw.pop("thread_placement", _placement.DEFAULT))
-    linger = _overflow_linger(kw.pop("overflow_linger", None))
+    options = EngineOptions(kw)
     given = make_url(url)
     native = _async_drivers.native_url(given, kw.pop("async_driver", None))
     async_creator = kw.pop("async_creator", None)
@@ -123,66 +126,16 @@ def create_async_engine(url: Union[str, URL], **kw: Any) -> AsyncEngine:
             "with a function returning a synchronous DBAPI connection instead."
         )
     if native is not None:
-        _worker_pool_default(native, kw)
+        worker_pool_default(native, kw)
         sync_engine = _async_drivers.make_engine(given, native, _create_engine, kw, async_creator)
     else:
         sync_url = to_sync_url(given)
-        _sqlite_defaults(sync_url, kw)
-        _worker_pool_default(sync_url, kw)
+        sqlite_defaults(sync_url, kw)
+        worker_pool_default(sync_url, kw)
         sync_engine = _create_engine(sync_url, **kw)
     engine = AsyncEngine(sync_engine)
-    workers = workers_for(engine.sync_engine)
-    if cancel_timeout is not None:
-        workers.cancel_timeout = cancel_timeout
-    workers.placement = _placement.placed(placement, local=sync_engine.dialect.name == "sqlite")
-    if isinstance(workers, WorkerQueuePool):
-        workers.gate = engine_gate(local=sync_engine.dialect.name == "sqlite")
-        if linger is not None:
-            workers.overflow_linger = linger
-    elif linger is not None:
-        raise exc.ArgumentError(
-            f"overflow_linger applies to a QueuePool; this engine's pool is a "
-            f"{type(sync_engine.pool).__name__}"
-        )
+    options.apply(workers_for(sync_engine), sync_engine)
     return engine
-
-
-def _cancel_timeout(value: Any) -> Optional[float]:
-    """The ``cancel_timeout=`` engine option: seconds, above 0 (None: the default)."""
-    if value is None:
-        return None
-    seconds = bound_seconds(value)
-    if seconds is None:
-        raise exc.ArgumentError(
-            f"cancel_timeout must be a number of seconds above 0, not {value!r}: it bounds "
-            "how long a cancelled call waits for its statement, interrupt and recovery."
-        )
-    return seconds
-
-
-def _overflow_linger(value: Any) -> Optional[float]:
-    """The ``overflow_linger=`` engine option: seconds, 0 to an hour (None: the default)."""
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = -1.0
-    if isinstance(value, bool) or not 0 <= seconds <= 3600:
-        raise exc.ArgumentError(
-            f"overflow_linger must be a number of seconds from 0 to 3600, not {value!r}: "
-            "how long an overflow connection the pool does not need is kept before it is "
-            "closed (0: at once, as QueuePool does)."
-        )
-    return seconds
-
-
-def _thread_placement(value: Any) -> str:
-    """The ``thread_placement=`` engine option: ``"auto"``, ``"on"`` or ``"off"``."""
-    try:
-        return _placement.parse_mode(value)
-    except ValueError as error:
-        raise exc.ArgumentError(str(error)) from None
 
 
 def async_engine_from_config(
@@ -208,147 +161,12 @@ def create_async_pool_from_url(url: Union[str, URL], **kwargs: Any) -> sa_pool.P
     given = make_url(url)
     native = _async_drivers.native_url(given, kwargs.pop("async_driver", None))
     if native is not None:
-        _worker_pool_default(native, kwargs)
+        worker_pool_default(native, kwargs)
         return _create_pool_from_url(native, **kwargs)
     sync_url = to_sync_url(given)
-    _sqlite_defaults(sync_url, kwargs)
-    _worker_pool_default(sync_url, kwargs)
+    sqlite_defaults(sync_url, kwargs)
+    worker_pool_default(sync_url, kwargs)
     return _create_pool_from_url(sync_url, **kwargs)
-
-
-def _worker_pool_default(url: URL, kw: Dict[str, Any]) -> None:
-    """Use :class:`WorkerQueuePool` where a plain QueuePool would be used.
-
-    That is the dialect's default, ``QueuePool`` and ``AsyncAdaptedQueuePool``
-    (which code written for the official extension may name), as a class or
-    as a ready-made ``pool=`` object (whose settings, creator and listeners
-    are taken over).  Other pool classes and objects are kept as they are.
-    """
-    given = kw.get("pool")
-    if isinstance(given, sa_pool.QueuePool) and not isinstance(given, WorkerQueuePool):
-        kw["pool"] = WorkerQueuePool.adopt(given)
-        return
-    if given is not None:
-        return
-    poolclass = kw.get("poolclass")
-    if poolclass is None:
-        poolclass = url.get_dialect().get_pool_class(url)  # type: ignore[attr-defined]
-    if poolclass in (sa_pool.QueuePool, sa_pool.AsyncAdaptedQueuePool):
-        kw["poolclass"] = WorkerQueuePool
-
-
-def _sqlite_defaults(url: URL, kw: Dict[str, Any]) -> None:
-    """Connections move between worker threads; memory databases are shared.
-
-    An in-memory SQLite database is one database per DBAPI connection, so a
-    single connection serves the whole engine (StaticPool), as with the
-    official aiosqlite dialect, instead of one database per thread.
-    """
-    if url.get_backend_name() != "sqlite" or "creator" in kw:
-        return
-    connect_args = dict(kw.get("connect_args") or {})
-    connect_args.setdefault("check_same_thread", False)
-    kw["connect_args"] = connect_args
-    is_file = bool(url.database and url.database != ":memory:") and (
-        url.query.get("mode") != "memory"
-    )
-    if not is_file and "poolclass" not in kw and "pool" not in kw:
-        kw["poolclass"] = sa_pool.StaticPool
-
-
-# --------------------------------------------------------------------------
-# workers per engine
-
-_pools: weakref.WeakKeyDictionary[Engine, WorkerPool | SharedWorkerPool] = (
-    weakref.WeakKeyDictionary()
-)
-_pools_lock = threading.Lock()
-
-
-@_fork.in_child
-def _reset_after_fork() -> None:
-    global _pools_lock
-    _pools_lock = threading.Lock()
-
-
-def _root_engine(engine: Engine) -> Engine:
-    while True:
-        proxied = getattr(engine, "_proxied", None)
-        if not isinstance(proxied, Engine):
-            return engine
-        engine = proxied
-
-
-def _pool_capacity(pool: sa_pool.Pool) -> Optional[int]:
-    if isinstance(pool, sa_pool.QueuePool):
-        overflow = pool._max_overflow
-        if overflow < 0:
-            return None
-        return pool.size() + overflow
-    return None
-
-
-def workers_for(engine: Engine) -> WorkerQueuePool | WorkerPool | SharedWorkerPool:
-    """Where an engine's callers lease workers (shared by execution_options copies).
-
-    A :class:`WorkerQueuePool` is its own source: its workers carry its
-    connections.  Pools that hand one DBAPI connection to everybody
-    (StaticPool) or one per thread (SingletonThreadPool) get a single shared
-    worker, so that connection only ever meets one thread.  Any other pool
-    (NullPool, custom pools) gets a bounded set of plain workers.
-    """
-    root = _root_engine(engine)
-    pool = root.pool
-    if isinstance(pool, WorkerQueuePool):
-        return pool
-    with _pools_lock:
-        workers = _pools.get(root)
-        if workers is None:
-            if isinstance(pool, (sa_pool.StaticPool, sa_pool.SingletonThreadPool)):
-                workers = SharedWorkerPool()
-            else:
-                capacity = _pool_capacity(pool)
-                workers = WorkerPool(capacity if capacity else DEFAULT_WORKER_LIMIT)
-            _pools[root] = workers
-    return workers
-
-
-async def lease_worker(engine: Engine) -> Worker:
-    """Lease a worker for ``engine``; the wait is bounded by ``pool_timeout``.
-
-    Workers are bounded by the pool's capacity, so a lease that waits too
-    long fails the way an exhausted pool does: with ``sqlalchemy.exc.TimeoutError``.
-    Give the worker back with ``worker.pool.release(worker)``.
-    """
-    workers = workers_for(engine)
-    if isinstance(workers, WorkerQueuePool):
-        return await workers.lease()
-    pool = engine.pool
-    timeout = pool.timeout() if isinstance(pool, sa_pool.QueuePool) else None
-    try:
-        return await workers.lease(timeout)
-    except TimeoutError:
-        raise exc.TimeoutError(
-            f"{pool.__class__.__name__} limit of size {pool.size()} overflow "
-            f"{pool.overflow()} reached, connection timed out, timeout {timeout:.2f}"
-            if isinstance(pool, sa_pool.QueuePool)
-            else "timed out waiting for a worker thread",
-            code="3o7r",
-        ) from None
-
-
-_spare: Optional[WorkerPool] = None
-
-
-def spare_workers() -> WorkerPool:
-    """Workers tied to no engine: sessions whose bind is only known per
-    statement (several engines, a custom ``get_bind()``), ``raw_connection()``.
-    Connections they check out are opened and closed on them (see ``_pool``)."""
-    global _spare
-    with _pools_lock:
-        if _spare is None:
-            _spare = WorkerPool(DEFAULT_WORKER_LIMIT)
-        return _spare
 
 
 # --------------------------------------------------------------------------
@@ -381,7 +199,7 @@ class AsyncEngine(ProxyComparable[Engine], AsyncConnectable):
         self.sync_engine = self._assign_proxied(sync_engine)
         _guard.install_engine(sync_engine)
         _chunk.install_engine(sync_engine)
-        _cancel.install_engine(_root_engine(sync_engine))
+        _cancel.install_engine(root_engine(sync_engine))
 
     @property
     def _proxied(self) -> Engine:
@@ -430,91 +248,21 @@ class AsyncEngine(ProxyComparable[Engine], AsyncConnectable):
         checked out now are closed when they are given back.  Cancelled, it
         still finishes (within the cancellation bound), then re-raises.
         """
-        workers = workers_for(self.sync_engine)
-        bound = workers.cancel_timeout or CANCEL_TIMEOUT
-        if isinstance(workers, SharedWorkerPool):
-            # The one connection belongs to the shared worker: close it
-            # there, after whatever that worker is running now.
-            worker = await workers.lease()
-            try:
-                await worker.call_shielded(self.sync_engine.dispose, close=close)
-            finally:
-                workers.release(worker)
-                await _shielded_within(bound, workers.dispose)
-        else:
-            # A short-lived thread of its own: dispose() waits for the idle
-            # workers to close their connections, and leased ones may be busy.
-            worker = Worker()
-            try:
-                await worker.call_shielded(self.sync_engine.dispose, close=close)
-            finally:
-                worker.stop()
-                await _shielded_within(bound, worker.wait_stopped)
-                if not isinstance(workers, WorkerQueuePool):
-                    await _shielded_within(bound, workers.dispose)
+        await dispose_workers(self.sync_engine, close)
 
-    def clear_compiled_cache(self) -> None:
-        """Empty the dialect's cache of compiled statements."""
-        self.sync_engine.clear_compiled_cache()
+    if TYPE_CHECKING:  # for type checkers; the forwards are made below (_engine_proxy)
+        clear_compiled_cache = typed(Engine.clear_compiled_cache)
 
-    def update_execution_options(self, **opt: Any) -> None:
-        """Add to this engine's default execution options, in place."""
-        self.sync_engine.update_execution_options(**opt)
+        def update_execution_options(self, **opt: Any) -> None: ...
 
-    def get_execution_options(self) -> _ExecuteOptions:
-        """This engine's default execution options."""
-        return self.sync_engine.get_execution_options()
-
-    @property
-    def url(self) -> URL:
-        """The database URL of the sync engine (settable)."""
-        return self.sync_engine.url
-
-    @url.setter
-    def url(self, attr: URL) -> None:
-        self.sync_engine.url = attr
-
-    @property
-    def pool(self) -> sa_pool.Pool:
-        """The connection pool of the sync engine (settable)."""
-        return self.sync_engine.pool
-
-    @pool.setter
-    def pool(self, attr: sa_pool.Pool) -> None:
-        self.sync_engine.pool = attr
-
-    @property
-    def dialect(self) -> Dialect:
-        """The dialect of the sync engine (settable)."""
-        return self.sync_engine.dialect
-
-    @dialect.setter
-    def dialect(self, attr: Dialect) -> None:
-        self.sync_engine.dialect = attr
-
-    @property
-    def engine(self) -> Engine:
-        """The sync :class:`~sqlalchemy.engine.Engine`, as ``Engine.engine`` does."""
-        return self.sync_engine.engine
-
-    @property
-    def name(self) -> str:
-        """The dialect's name, e.g. ``"postgresql"``."""
-        return self.sync_engine.name
-
-    @property
-    def driver(self) -> str:
-        """The name of the DBAPI driver in use, e.g. ``"psycopg"``."""
-        return self.sync_engine.driver
-
-    @property
-    def echo(self) -> Any:
-        """Whether the engine logs its SQL statements (settable)."""
-        return self.sync_engine.echo
-
-    @echo.setter
-    def echo(self, attr: Any) -> None:
-        self.sync_engine.echo = attr
+        get_execution_options = typed(Engine.get_execution_options)
+        url: URL
+        pool: sa_pool.Pool
+        dialect: Dialect
+        engine: Engine
+        name: str
+        driver: str
+        echo: Any
 
     def __repr__(self) -> str:
         return f"AsyncEngine({self.sync_engine.url!r})"
@@ -525,7 +273,10 @@ class AsyncEngine(ProxyComparable[Engine], AsyncConnectable):
 
 
 class AsyncConnection(
-    ProxyComparable[Connection], StartableContext["AsyncConnection"], AsyncConnectable
+    ConnectionStatements,
+    ProxyComparable[Connection],
+    StartableContext["AsyncConnection"],
+    AsyncConnectable,
 ):
     """An async proxy for a :class:`~sqlalchemy.engine.Connection`."""
 
@@ -620,11 +371,6 @@ class AsyncConnection(
         """The pool's wrapper of the DBAPI connection in use (a synchronous object)."""
         return await self._call(getattr, self._proxied, "connection")
 
-    @property
-    def info(self) -> Dict[str, Any]:
-        """The ``info`` dictionary of the underlying DBAPI connection."""
-        return self._proxied.info
-
     def _check_started(self) -> None:
         if self.sync_connection is None:
             self._raise_for_not_started()
@@ -655,14 +401,6 @@ class AsyncConnection(
     async def get_isolation_level(self) -> IsolationLevel:
         """The isolation level in effect on this connection, as the database reports it."""
         return await self._call(self._proxied.get_isolation_level)
-
-    def in_transaction(self) -> bool:
-        """True if a transaction is in progress."""
-        return self._proxied.in_transaction()
-
-    def in_nested_transaction(self) -> bool:
-        """True if a nested transaction (SAVEPOINT) is in progress."""
-        return self._proxied.in_nested_transaction()
 
     def get_transaction(self) -> Optional[AsyncTransaction]:
         """The current root transaction, if any."""
@@ -731,177 +469,41 @@ class AsyncConnection(
         """A synonym for :meth:`close`, for ``contextlib.aclosing``."""
         await self.close()
 
-    async def exec_driver_sql(
-        self,
-        statement: str,
-        parameters: Optional[_CoreAnyExecuteParams] = None,
-        execution_options: Optional[CoreExecuteOptionsParameter] = None,
-    ) -> Result[Any]:
-        """Execute a driver-level SQL string; the result is fully fetched."""
-        return await self._call(
-            _buffered_call,
-            self._proxied.exec_driver_sql,
-            statement,
-            parameters,
-            execution_options,
-        )
-
-    @asyncstartablecontext
-    async def stream(
-        self,
-        statement: Executable,
-        parameters: Optional[_CoreAnyExecuteParams] = None,
-        *,
-        execution_options: Optional[CoreExecuteOptionsParameter] = None,
-    ) -> AsyncGenerator[AsyncResult[Any], None]:
-        """Execute and return an :class:`AsyncResult` that fetches in batches.
-
-        Uses a server-side cursor where the dialect has one.  Await it, or use
-        ``async with`` to have the result closed at the end of the block.
-        """
-        dialect = self.sync_engine.dialect
-        if not dialect.supports_server_side_cursors and dialect.name != "sqlite":
-            # (SQLite's cursors step through the rows as they are fetched:
-            # batches pulled through the worker stream there too)
-            raise exc.InvalidRequestError(
-                "Can't use `stream` or `stream_scalars` with the current dialect since it "
-                "does not support server side cursors.  Use execute(), which fetches the "
-                "whole result on the worker."
-            )
-        result = await self._call(
-            self._proxied.execute,
-            statement,
-            parameters,
-            execution_options=sa_util.EMPTY_DICT.merge_with(execution_options, _STREAM_OPTIONS),
-        )
-        ar: AsyncResult[Any] = AsyncResult(result, self._require_worker())
-        try:
-            yield ar
-        except GeneratorExit:
-            pass
-        else:
-            await ar._close_shielded()
-
-    def _require_worker(self) -> Worker:
-        worker = self._current_worker()
-        assert worker is not None
-        return worker
-
-    async def execute(
-        self,
-        statement: Executable,
-        parameters: Optional[_CoreAnyExecuteParams] = None,
-        *,
-        execution_options: Optional[CoreExecuteOptionsParameter] = None,
-    ) -> Result[Any]:
-        """Execute a statement; the rows are fetched before this returns."""
-        return await self._call(
-            _buffered_call, self._proxied.execute, statement, parameters, execution_options
-        )
-
-    async def scalar(
-        self,
-        statement: Executable,
-        parameters: Optional[_CoreAnyExecuteParams] = None,
-        *,
-        execution_options: Optional[CoreExecuteOptionsParameter] = None,
-    ) -> Any:
-        """Execute and return the first column of the first row."""
-        result = await self.execute(statement, parameters, execution_options=execution_options)
-        return result.scalar()
-
-    async def scalars(
-        self,
-        statement: Executable,
-        parameters: Optional[_CoreAnyExecuteParams] = None,
-        *,
-        execution_options: Optional[CoreExecuteOptionsParameter] = None,
-    ) -> Any:
-        """Execute and return a :class:`~sqlalchemy.engine.ScalarResult`."""
-        result = await self.execute(statement, parameters, execution_options=execution_options)
-        return result.scalars()
-
-    @asyncstartablecontext
-    async def stream_scalars(
-        self,
-        statement: Executable,
-        parameters: Optional[_CoreAnyExecuteParams] = None,
-        *,
-        execution_options: Optional[CoreExecuteOptionsParameter] = None,
-    ) -> AsyncGenerator[AsyncScalarResult[Any], None]:
-        """Like :meth:`stream`, yielding an :class:`AsyncScalarResult`."""
-        result: AsyncResult[Any]
-        async with self.stream(
-            statement, parameters, execution_options=execution_options
-        ) as result:
-            yield result.scalars()
-
-    async def run_sync(self, fn: Callable[..., _T], *arg: Any, **kw: Any) -> _T:
-        """Run ``fn(sync_connection, *arg, **kw)`` on this connection's worker.
-
-        Inside ``fn`` everything is ordinary synchronous SQLAlchemy.
-        """
-        return await self._call(fn, self._proxied, *arg, **kw)
-
     def __await__(self) -> Generator[Any, None, AsyncConnection]:
         return self.start().__await__()
 
     async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
         await self.close()
 
-    @property
-    def closed(self) -> bool:
-        """True once the connection is closed."""
-        return self._proxied.closed
-
-    @property
-    def invalidated(self) -> bool:
-        """True if the DBAPI connection was invalidated (see :meth:`invalidate`)."""
-        return self._proxied.invalidated
-
-    @property
-    def dialect(self) -> Dialect:
-        """The dialect of the connection's engine (settable)."""
-        return self._proxied.dialect
-
-    @dialect.setter
-    def dialect(self, attr: Dialect) -> None:
-        self._proxied.dialect = attr
-
-    @property
-    def default_isolation_level(self) -> Optional[IsolationLevel]:
-        """The dialect's default isolation level, read at the engine's first connect."""
-        return self._proxied.default_isolation_level
+    if TYPE_CHECKING:  # for type checkers; the forwards are made below (_engine_proxy)
+        in_transaction = typed(Connection.in_transaction)
+        in_nested_transaction = typed(Connection.in_nested_transaction)
+        info: Dict[str, Any]
+        closed: bool
+        invalidated: bool
+        dialect: Dialect
+        default_isolation_level: Optional[IsolationLevel]
 
 
+forward(
+    AsyncEngine,
+    Engine,
+    attrgetter("sync_engine"),
+    methods=ENGINE_METHODS,
+    attributes=ENGINE_ATTRIBUTES,
+)
+forward(
+    AsyncConnection,
+    Connection,
+    attrgetter("_proxied"),
+    methods=CONNECTION_METHODS,
+    attributes=CONNECTION_ATTRIBUTES,
+)
 AsyncEngine._connection_cls = AsyncConnection
-
-
-def _buffered_call(
-    method: Callable[..., Result[Any]],
-    statement: Any,
-    parameters: Any,
-    execution_options: Any,
-) -> Result[Any]:
-    """Run an execute method and fetch all of its rows (on the worker)."""
-    if execution_options:
-        result = method(statement, parameters, execution_options=execution_options)
-    else:
-        result = method(statement, parameters)
-    return buffer_result(result, "AsyncConnection", method.__name__)
 
 
 def _close_quietly(connection: Connection) -> None:
     connection.close()
-
-
-async def _shielded_within(bound: float, wait: Callable[[], Awaitable[Any]]) -> None:
-    """``await wait()`` even if the caller is cancelled, for ``bound`` seconds
-    at most (ending idle workers: their stop is sent at once; only waiting
-    for their threads is bounded)."""
-    with anyio.CancelScope(shield=True) as scope:
-        scope.deadline = anyio.current_time() + bound
-        await wait()
 
 
 def _abandoned(worker: Worker, connection: Connection) -> None:
@@ -982,21 +584,14 @@ class AsyncTransaction(ProxyComparable[Transaction], StartableContext["AsyncTran
         )
 
 
-@inspection._inspects(AsyncEngine)
-def _no_inspection_of_async_engine(subject: AsyncEngine) -> NoReturn:
+def _no_inspection(subject: AsyncConnectable) -> NoReturn:
     raise exc.NoInspectionAvailable(
-        "Inspection on an AsyncEngine is currently not supported.  Inspect inside "
-        "conn.run_sync(), which passes a synchronous connection: "
+        f"Inspection on an {type(subject).__name__} is currently not supported.  Inspect "
+        "inside conn.run_sync(), which passes a synchronous connection: "
         "await conn.run_sync(lambda c: inspect(c).get_table_names())",
         code="xd3s",
     )
 
 
-@inspection._inspects(AsyncConnection)
-def _no_inspection_of_async_connection(subject: AsyncConnection) -> NoReturn:
-    raise exc.NoInspectionAvailable(
-        "Inspection on an AsyncConnection is currently not supported.  Inspect inside "
-        "conn.run_sync(), which passes a synchronous connection: "
-        "await conn.run_sync(lambda c: inspect(c).get_table_names())",
-        code="xd3s",
-    )
+inspection._inspects(AsyncEngine)(_no_inspection)
+inspection._inspects(AsyncConnection)(_no_inspection)

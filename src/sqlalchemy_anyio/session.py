@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-import weakref
+from operator import attrgetter
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -21,109 +21,32 @@ from typing import (
     Dict,
     FrozenSet,
     Generic,
-    Iterable,
-    Iterator,
-    Mapping,
     NoReturn,
     Optional,
-    Sequence,
-    Tuple,
     Type,
     TypeVar,
-    Union,
     overload,
 )
 
-import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import util as sa_util
-from sqlalchemy.engine import Connection, Engine, Result, ScalarResult
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, SessionTransaction, object_session
 from sqlalchemy.orm import state as _instance_state
 
-from . import _cancel, _chunk, _guard, _written_off
-from . import exc as async_exc
+from . import _guard, _written_off
 from ._base import ReversibleProxy, StartableContext
-from ._bridge import Worker, give_back_later
-from ._buffer import buffer_result
-from .engine import AsyncConnection, AsyncEngine, lease_worker, spare_workers
-from .result import AsyncResult, AsyncScalarResult
-
-#: ``get()``'s default as in the official extension: None from SQLAlchemy 2.1
-#: (an explicit value overrides the ``populate_existing`` execution option),
-#: False before.
-POPULATE_EXISTING_DEFAULT: Optional[bool] = (
-    None if tuple(int(p) for p in sa.__version__.split(".")[:2]) >= (2, 1) else False
-)
+from ._engine_workers import spare_workers
+from ._forwarding import forward, typed
+from ._session_binds import _AsyncSessionBind, _to_sync_bind
+from ._session_proxy import SESSION_ATTRIBUTES, SESSION_CLASS_METHODS, SESSION_METHODS
+from ._session_statements import SessionStatements
+from .engine import AsyncConnection, AsyncEngine
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Row, RowMapping
-    from sqlalchemy.engine.interfaces import CoreExecuteOptionsParameter, _CoreAnyExecuteParams
-    from sqlalchemy.orm._typing import OrmExecuteOptionsParameter, _IdentityKeyType
+    from sqlalchemy.engine.interfaces import CoreExecuteOptionsParameter
     from sqlalchemy.orm.identity import IdentityMap
-    from sqlalchemy.orm.interfaces import ORMOption
-    from sqlalchemy.orm.session import _BindArguments, _PKIdentityArgument, _SessionBindKey
-    from sqlalchemy.sql.base import Executable
-    from sqlalchemy.sql.elements import ClauseElement
-    from sqlalchemy.sql.selectable import ForUpdateParameter, TableClause
+    from sqlalchemy.orm.session import _BindArguments, _SessionBindKey
     from sqlalchemy.util import IdentitySet
-
-_T = TypeVar("_T")
-_O = TypeVar("_O", bound=object)
-
-_AsyncSessionBind = Union[AsyncEngine, AsyncConnection]
-
-_EXECUTE_OPTIONS = sa_util.immutabledict({"prebuffer_rows": True})
-_STREAM_OPTIONS = sa_util.immutabledict({"stream_results": True})
-
-
-def _to_sync_bind(bind: Any) -> Union[Engine, Connection]:
-    """The sync Engine / Connection behind an async bind."""
-    if isinstance(bind, AsyncEngine):
-        return bind.sync_engine
-    if isinstance(bind, AsyncConnection):
-        return bind._proxied
-    raise sa_exc.ArgumentError(
-        f"AsyncEngine expected, got {bind!r}: an AsyncSession is bound to an AsyncEngine "
-        "or AsyncConnection"
-    )
-
-
-class _Lease:
-    """The worker a session runs on; given back exactly once (also on GC)."""
-
-    __slots__ = ("__weakref__", "exclusive", "owned", "worker")
-
-    def __init__(self, worker: Worker, owned: bool) -> None:
-        self.worker = worker
-        #: False when the session runs on the worker of a connection it is
-        #: bound to: that worker is the connection's to give back.
-        self.owned = owned
-        #: Only an exclusive worker may carry this session's interrupter.
-        self.exclusive = owned and not getattr(worker.pool, "shared", False)
-
-    def release(self) -> None:
-        if self.owned:
-            self.owned = False
-            self.worker.pool.release(self.worker)
-
-
-def _collected(lease: _Lease) -> None:
-    """Finalizer of a session dropped holding its worker: give it back from
-    the worker's own thread (see ``give_back_later``)."""
-    if lease.owned:
-        lease.owned = False
-        give_back_later(lease.worker)
-
-
-def _holds_connection(sync_session: Session) -> bool:
-    """Whether the session's transaction has a connection checked out."""
-    trans = sync_session._transaction
-    while trans is not None:
-        if trans._connections:
-            return True
-        trans = trans._parent
-    return False
 
 
 def _exit_and_close(
@@ -172,7 +95,7 @@ async def _load_attribute(instance: Any, name: str) -> Any:
 # AsyncSession
 
 
-class AsyncSession(ReversibleProxy[Session]):
+class AsyncSession(SessionStatements, ReversibleProxy[Session]):
     """An async proxy for a :class:`~sqlalchemy.orm.Session` that runs it on worker threads.
 
     While its transaction holds a connection, all of the session's work runs on
@@ -185,9 +108,6 @@ class AsyncSession(ReversibleProxy[Session]):
     #: The Session class (or callable) making the proxied Session.
     sync_session_class: Type[Session] = Session
 
-    #: The proxied sync Session; use it as an event target.
-    sync_session: Session
-
     def __init__(
         self,
         bind: Optional[_AsyncSessionBind] = None,
@@ -197,16 +117,14 @@ class AsyncSession(ReversibleProxy[Session]):
         **kw: Any,
     ) -> None:
         self._async_bind = bind
-        self._async_binds: Dict[Any, _AsyncSessionBind] = dict(binds) if binds else {}
+        self._async_binds = dict(binds) if binds else {}
         sync_bind = _to_sync_bind(bind) if bind is not None else None
         sync_binds = {key: _to_sync_bind(b) for key, b in binds.items()} if binds else None
         if sync_session_class:
             self.sync_session_class = sync_session_class
-        self._lease: Optional[_Lease] = None
-        #: A close queued on the last worker and not awaited (see _end): the
-        #: next lease waits for it, so the sync Session is never on two threads.
-        self._pending_end: Any = None
-        self._finalizer: Optional[weakref.finalize[Any, Any]] = None
+        self._lease = None
+        self._pending_end = None
+        self._finalizer = None
         guarded = _guard.guarded_session_class(self.sync_session_class)
         self.sync_session = self._proxied = self._assign_proxied(
             (guarded or self.sync_session_class)(bind=sync_bind, binds=sync_binds, **kw)
@@ -214,402 +132,12 @@ class AsyncSession(ReversibleProxy[Session]):
         if guarded is None:  # a factory, not a Session subclass: guard with events
             _guard.guard_session(self.sync_session)
 
-    # -- the worker ---------------------------------------------------------
-    #
-    # The session holds a worker only while its transaction holds a
-    # connection: from the first statement until commit, rollback or close.
-    # Calls that need no connection lease one for their duration only.
-
-    @property
-    def _worker(self) -> Optional[Worker]:
-        lease = self._lease
-        return lease.worker if lease is not None else None
-
-    def _lease_bind(self) -> Any:
-        """The one Engine or Connection this session's SQL goes to, if known."""
-        bind = self.sync_session.bind
-        if bind is not None or not self._async_binds:
-            return bind
-        binds = {_to_sync_bind(b) for b in self._async_binds.values()}
-        for candidate in binds:
-            if isinstance(candidate, Connection):
-                return candidate
-        roots = {candidate.engine for candidate in binds}
-        return roots.pop() if len(roots) == 1 else None
-
-    async def _after_pending_end(self) -> None:
-        """Wait for a close queued on the last worker and not awaited (see _end)."""
-        pending = self._pending_end
-        if pending is not None:
-            await pending.wait()  # refused behind a written-off call
-            self._pending_end = None
-
-    async def _acquire(self) -> _Lease:
-        """Lease a worker: the bind engine's (with its connection), or a spare one."""
-        await self._after_pending_end()
-        sync = self.sync_session
-        bind = self._lease_bind()
-        if isinstance(bind, Connection):
-            # Joined to an external connection: run on the worker that owns it.
-            proxy = AsyncConnection._retrieve_proxy_for_target(bind)
-            owner = _guard.owner_of(bind)
-            if owner is None:
-                await proxy._call(int)  # make the connection lease its worker
-                owner = proxy._current_worker()
-            assert owner is not None
-            worker, owned = owner, False
-        elif isinstance(bind, Engine):
-            worker, owned = await lease_worker(bind), True
-        else:
-            worker, owned = await spare_workers().lease(), True
-        if self._lease is not None:  # another task of ours leased meanwhile
-            if owned:
-                worker.pool.release(worker)
-            return self._lease
-        lease = self._lease = _Lease(worker, owned)
-        if lease.exclusive:
-            _cancel.arm_session(worker, sync)
-        if owned:
-            finalizer = self._finalizer = weakref.finalize(self, _collected, lease)
-            finalizer.atexit = False
-        _guard.set_session_owner(sync, worker)
-        return lease
-
-    def _release(self) -> None:
-        lease, self._lease = self._lease, None
-        if lease is None:
-            return
-        _guard.set_session_owner(self.sync_session, None)
-        if self._finalizer is not None:
-            self._finalizer.detach()
-            self._finalizer = None
-        if lease.exclusive:
-            lease.worker.disarm()
-        lease.release()
-
-    async def _call(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        lease = self._lease or await self._acquire()
-        try:
-            return await lease.worker.call(fn, *args, **kwargs)
-        finally:
-            if lease.owned and self._lease is lease and not _holds_connection(self.sync_session):
-                self._release()
-
-    async def _call_shielded(self, fn: Callable[..., Any], *args: Any) -> None:
-        """An ending call (rollback, close): runs to its end if cancelled, within
-        the bound; behind a written-off call, queued (``Worker.call_ending``)."""
-        lease = self._lease or await self._acquire()
-        try:
-            await lease.worker.call_ending(fn, *args)
-        finally:
-            if lease.owned and self._lease is lease and not _holds_connection(self.sync_session):
-                self._release()
-
-    async def _end(self, fn: Callable[[], Any], on_worker: bool = False) -> None:
-        """Run close()/reset()/invalidate() to completion, then free the worker.
-
-        With no worker held there is no connection to touch, so ``fn`` runs
-        right here unless ``on_worker`` says it may need one (a commit).
-        When others wait for a connection, ``fn`` is queued on the worker and
-        the worker handed on at once: the next lessee's calls run after it.
-        """
-        await self._after_pending_end()
-        lease = self._lease
-        if lease is not None and lease.worker.stuck:
-            # Written off: the close queues behind the stuck call, and the
-            # session is refused until it has run.  A commit cannot happen.
-            close = self.sync_session.close if on_worker else fn
-            self._pending_end = await lease.worker.call_ending(close)
-            self._release()
-            if on_worker:
-                raise async_exc.ConnectionWrittenOff()
-            return
-        if lease is not None and not on_worker and lease.owned and lease.worker.in_demand():
-            pending = self._pending_end = lease.worker.hand_on("closing an AsyncSession", fn)
-            self._release()
-            await pending.wait(shield=True)  # sync methods after close() see it done
-            self._pending_end = None
-            return
-        try:
-            if lease is not None or on_worker:
-                await self._call_shielded(fn)
-            else:
-                fn()
-        finally:
-            self._release()
-
-    # -- binds ----------------------------------------------------------------
-
-    @property
-    def bind(self) -> Optional[_AsyncSessionBind]:
-        """The AsyncEngine or AsyncConnection this session is bound to, if any."""
-        sync_bind = self.sync_session.bind
-        if sync_bind is None:
-            return None
-        if self._async_bind is not None and _to_sync_bind(self._async_bind) is sync_bind:
-            return self._async_bind
-        return self._translate(sync_bind)
-
-    @bind.setter
-    def bind(self, bind: Optional[_AsyncSessionBind]) -> None:
-        self.sync_session.bind = _to_sync_bind(bind) if bind is not None else None
-        self._async_bind = bind
-
-    def bind_mapper(self, mapper: Any, bind: _AsyncSessionBind) -> None:
-        """Associate a mapper or class with an async bind."""
-        self.sync_session.bind_mapper(mapper, _to_sync_bind(bind))
-        self._async_binds[mapper] = bind
-
-    def bind_table(self, table: TableClause, bind: _AsyncSessionBind) -> None:
-        """Associate a Table with an async bind."""
-        self.sync_session.bind_table(table, _to_sync_bind(bind))
-        self._async_binds[table] = bind
-
-    @property
-    def binds(self) -> Mapping[Any, _AsyncSessionBind]:
-        """The per-mapper / per-table binds, as async objects."""
-        sync = self.sync_session
-        sync_binds: Mapping[Any, Any] = (
-            sync.binds if hasattr(sync, "binds") else sync._Session__binds  # type: ignore[attr-defined, unused-ignore]
-        )
-        return sa_util.immutabledict(
-            {key: self._translate(bind) for key, bind in sync_binds.items()}
-        )
-
-    def _translate(self, sync_bind: Any) -> _AsyncSessionBind:
-        """The async bind ``sync_bind`` was established from, among this
-        session's own; any other is refused rather than wrapped anew."""
-        for candidate in (self._async_bind, *self._async_binds.values()):
-            if candidate is not None and _to_sync_bind(candidate) is sync_bind:
-                return candidate
-        raise async_exc.AsyncBindNotFound(
-            f"Can't translate bind {sync_bind!r}; it is not among the binds "
-            f"established for this {type(self).__name__}.  Establish binds on the "
-            f"{type(self).__name__} (bind=, binds=, bind_mapper(), bind_table()), "
-            "not directly on its sync_session."
-        )
-
     @classmethod
     def _no_async_engine_events(cls) -> NoReturn:
         raise NotImplementedError(
             "asynchronous events are not implemented at this time.  Apply "
             "synchronous listeners to the AsyncSession.sync_session."
         )
-
-    # -- I/O ------------------------------------------------------------------
-
-    async def refresh(
-        self,
-        instance: object,
-        attribute_names: Optional[Iterable[str]] = None,
-        with_for_update: ForUpdateParameter = None,
-    ) -> None:
-        """Expire and reload the attributes of ``instance``."""
-        await self._call(
-            self.sync_session.refresh,
-            instance,
-            attribute_names=attribute_names,
-            with_for_update=with_for_update,
-        )
-
-    async def run_sync(self, fn: Callable[..., _T], *arg: Any, **kw: Any) -> _T:
-        """Run ``fn(sync_session, *arg, **kw)`` on the session's worker.
-
-        Inside ``fn`` everything is plain synchronous SQLAlchemy, lazy loads included.
-        """
-        return await self._call(fn, self.sync_session, *arg, **kw)
-
-    async def execute(
-        self,
-        statement: Executable,
-        params: Optional[_CoreAnyExecuteParams] = None,
-        *,
-        execution_options: OrmExecuteOptionsParameter = sa_util.EMPTY_DICT,
-        bind_arguments: Optional[_BindArguments] = None,
-        **kw: Any,
-    ) -> Result[Any]:
-        """Execute a statement; all rows (and ORM objects) are loaded before this returns."""
-        options = (
-            sa_util.immutabledict(execution_options).union(_EXECUTE_OPTIONS)
-            if execution_options
-            else _EXECUTE_OPTIONS
-        )
-        return await self._call(
-            _execute_buffered, self.sync_session, statement, params, options, bind_arguments, kw
-        )
-
-    async def scalar(
-        self,
-        statement: Executable,
-        params: Optional[_CoreAnyExecuteParams] = None,
-        *,
-        execution_options: OrmExecuteOptionsParameter = sa_util.EMPTY_DICT,
-        bind_arguments: Optional[_BindArguments] = None,
-        **kw: Any,
-    ) -> Any:
-        """Execute and return the first column of the first row."""
-        options = (
-            sa_util.immutabledict(execution_options).union(_EXECUTE_OPTIONS)
-            if execution_options
-            else _EXECUTE_OPTIONS
-        )
-        return await self._call(
-            self.sync_session.scalar,
-            statement,
-            params=params,
-            execution_options=options,
-            bind_arguments=bind_arguments,
-            **kw,
-        )
-
-    async def scalars(
-        self,
-        statement: Executable,
-        params: Optional[_CoreAnyExecuteParams] = None,
-        *,
-        execution_options: OrmExecuteOptionsParameter = sa_util.EMPTY_DICT,
-        bind_arguments: Optional[_BindArguments] = None,
-        **kw: Any,
-    ) -> ScalarResult[Any]:
-        """Execute and return a buffered :class:`~sqlalchemy.engine.ScalarResult`."""
-        result = await self.execute(
-            statement,
-            params=params,
-            execution_options=execution_options,
-            bind_arguments=bind_arguments,
-            **kw,
-        )
-        return result.scalars()
-
-    async def get(
-        self,
-        entity: Any,
-        ident: _PKIdentityArgument,
-        *,
-        options: Optional[Sequence[ORMOption]] = None,
-        populate_existing: Optional[bool] = POPULATE_EXISTING_DEFAULT,
-        with_for_update: ForUpdateParameter = None,
-        identity_token: Optional[Any] = None,
-        execution_options: OrmExecuteOptionsParameter = sa_util.EMPTY_DICT,
-    ) -> Any:
-        """The instance of ``entity`` with this primary key, or None."""
-        return await self._call(
-            self.sync_session.get,
-            entity,
-            ident,
-            options=options,
-            populate_existing=populate_existing,
-            with_for_update=with_for_update,
-            identity_token=identity_token,
-            execution_options=execution_options,
-        )
-
-    async def get_one(
-        self,
-        entity: Any,
-        ident: _PKIdentityArgument,
-        *,
-        options: Optional[Sequence[ORMOption]] = None,
-        populate_existing: Optional[bool] = POPULATE_EXISTING_DEFAULT,
-        with_for_update: ForUpdateParameter = None,
-        identity_token: Optional[Any] = None,
-        execution_options: OrmExecuteOptionsParameter = sa_util.EMPTY_DICT,
-    ) -> Any:
-        """Like :meth:`get`, raising ``NoResultFound`` instead of returning None."""
-        return await self._call(
-            self.sync_session.get_one,
-            entity,
-            ident,
-            options=options,
-            populate_existing=populate_existing,
-            with_for_update=with_for_update,
-            identity_token=identity_token,
-            execution_options=execution_options,
-        )
-
-    async def stream(
-        self,
-        statement: Executable,
-        params: Optional[_CoreAnyExecuteParams] = None,
-        *,
-        execution_options: OrmExecuteOptionsParameter = sa_util.EMPTY_DICT,
-        bind_arguments: Optional[_BindArguments] = None,
-        **kw: Any,
-    ) -> AsyncResult[Any]:
-        """Execute with a server-side cursor; rows are fetched in batches on the worker."""
-        options = (
-            sa_util.immutabledict(execution_options).union(_STREAM_OPTIONS)
-            if execution_options
-            else _STREAM_OPTIONS
-        )
-        result = await self._call(
-            self.sync_session.execute,
-            statement,
-            params=params,
-            execution_options=options,
-            bind_arguments=bind_arguments,
-            **kw,
-        )
-        # The open cursor keeps the transaction's connection, and so the worker.
-        worker = self._worker
-        assert worker is not None
-        return AsyncResult(result, worker)
-
-    async def stream_scalars(
-        self,
-        statement: Executable,
-        params: Optional[_CoreAnyExecuteParams] = None,
-        *,
-        execution_options: OrmExecuteOptionsParameter = sa_util.EMPTY_DICT,
-        bind_arguments: Optional[_BindArguments] = None,
-        **kw: Any,
-    ) -> AsyncScalarResult[Any]:
-        """Like :meth:`stream`, returning an :class:`AsyncScalarResult`."""
-        result = await self.stream(
-            statement,
-            params=params,
-            execution_options=execution_options,
-            bind_arguments=bind_arguments,
-            **kw,
-        )
-        return result.scalars()
-
-    async def delete(self, instance: object) -> None:
-        """Mark ``instance`` as deleted (cascades may load related objects)."""
-        await self._call(self.sync_session.delete, instance)
-
-    if hasattr(Session, "delete_all"):  # SQLAlchemy 2.1
-
-        async def delete_all(self, instances: Iterable[object]) -> None:
-            """Mark each of ``instances`` as deleted."""
-            await self._call(self.sync_session.delete_all, instances)  # type: ignore[attr-defined, unused-ignore]
-
-    async def merge(
-        self, instance: _O, *, load: bool = True, options: Optional[Sequence[ORMOption]] = None
-    ) -> _O:
-        """Copy the state of ``instance`` into a persistent instance of this session."""
-        return await self._call(self.sync_session.merge, instance, load=load, options=options)
-
-    if hasattr(Session, "merge_all"):  # SQLAlchemy 2.1
-
-        async def merge_all(
-            self,
-            instances: Iterable[_O],
-            *,
-            load: bool = True,
-            options: Optional[Sequence[ORMOption]] = None,
-        ) -> Sequence[_O]:
-            """:meth:`merge` for each of ``instances``."""
-            return await self._call(
-                self.sync_session.merge_all,  # type: ignore[attr-defined, unused-ignore]
-                instances,
-                load=load,
-                options=options,
-            )
-
-    async def flush(self, objects: Optional[Sequence[Any]] = None) -> None:
-        """Flush pending changes to the database."""
-        await self._call(self.sync_session.flush, objects=objects)
 
     def get_transaction(self) -> Optional[AsyncSessionTransaction]:
         """The current root transaction, if any."""
@@ -628,30 +156,6 @@ class AsyncSession(ReversibleProxy[Session]):
         return AsyncSessionTransaction._retrieve_proxy_for_target(  # type: ignore[no-any-return]
             trans, async_session=self
         )
-
-    def get_bind(
-        self,
-        mapper: Optional[Any] = None,
-        clause: Optional[ClauseElement] = None,
-        bind: Optional[Union[Engine, Connection]] = None,
-        **kw: Any,
-    ) -> Union[Engine, Connection]:
-        """The sync bind the sync session would use (see ``Session.get_bind``)."""
-        return self.sync_session.get_bind(mapper=mapper, clause=clause, bind=bind, **kw)
-
-    def get_async_bind(
-        self,
-        mapper: Optional[Any] = None,
-        clause: Optional[ClauseElement] = None,
-        bind: Optional[_AsyncSessionBind] = None,
-        **kw: Any,
-    ) -> _AsyncSessionBind:
-        """Like :meth:`get_bind`, returning the AsyncEngine / AsyncConnection."""
-        sync_bind = _to_sync_bind(bind) if bind is not None else None
-        resolved = self.get_bind(mapper=mapper, clause=clause, bind=sync_bind, **kw)
-        if bind is not None and resolved is sync_bind:
-            return bind
-        return self._translate(resolved)
 
     async def connection(
         self,
@@ -720,146 +224,39 @@ class AsyncSession(ReversibleProxy[Session]):
     def _maker_context_manager(self: _AS) -> _AsyncSessionContextManager[_AS]:
         return _AsyncSessionContextManager(self)
 
-    # -- proxied, no I/O ----------------------------------------------------
-
-    def __contains__(self, instance: object) -> bool:
-        return self.sync_session.__contains__(instance)
-
-    def __iter__(self) -> Iterator[object]:
-        return self.sync_session.__iter__()
-
-    def add(self, instance: object, *, _warn: bool = True) -> None:
-        """Place ``instance`` in the session (flushed at the next flush)."""
-        self.sync_session.add(instance, _warn=_warn)
-
-    def add_all(self, instances: Iterable[object]) -> None:
-        """Add each of ``instances``."""
-        self.sync_session.add_all(instances)
-
-    def expire(self, instance: object, attribute_names: Optional[Iterable[str]] = None) -> None:
-        """Mark attributes of ``instance`` as stale (reload them with refresh())."""
-        self.sync_session.expire(instance, attribute_names=attribute_names)
-
-    def expire_all(self) -> None:
-        """Expire every instance of the session."""
-        self.sync_session.expire_all()
-
-    def expunge(self, instance: object) -> None:
-        """Remove ``instance`` from the session."""
-        self.sync_session.expunge(instance)
-
-    def expunge_all(self) -> None:
-        """Remove all instances from the session."""
-        self.sync_session.expunge_all()
-
-    def is_modified(self, instance: object, include_collections: bool = True) -> bool:
-        """Whether ``instance`` has local changes to flush."""
-        return self.sync_session.is_modified(instance, include_collections=include_collections)
-
-    def in_transaction(self) -> bool:
-        """True if the session has begun a transaction."""
-        return self.sync_session.in_transaction()
-
-    def in_nested_transaction(self) -> bool:
-        """True if a SAVEPOINT is in progress."""
-        return self.sync_session.in_nested_transaction()
-
-    @property
-    def dirty(self) -> IdentitySet:
-        """Persistent instances with attribute changes not flushed yet."""
-        return self.sync_session.dirty
-
-    @property
-    def deleted(self) -> IdentitySet:
-        """Instances marked as deleted, not flushed yet."""
-        return self.sync_session.deleted
-
-    @property
-    def new(self) -> IdentitySet:
-        """Instances added and not flushed yet."""
-        return self.sync_session.new
-
-    @property
-    def identity_map(self) -> IdentityMap:
-        """The persistent instances of the session, by identity key (settable)."""
-        return self.sync_session.identity_map
-
-    @identity_map.setter
-    def identity_map(self, attr: IdentityMap) -> None:
-        self.sync_session.identity_map = attr
-
-    @property
-    def is_active(self) -> bool:
-        """False while a failed flush waits for :meth:`rollback`, else True."""
-        return self.sync_session.is_active
-
-    @property
-    def autoflush(self) -> bool:
-        """Whether queries flush pending changes first (settable)."""
-        return self.sync_session.autoflush
-
-    @autoflush.setter
-    def autoflush(self, attr: bool) -> None:
-        self.sync_session.autoflush = attr
-
-    @property
-    def no_autoflush(self) -> Any:
-        """A context manager that disables autoflush."""
-        return self.sync_session.no_autoflush
-
-    @property
-    def info(self) -> Dict[Any, Any]:
-        """A dictionary for the application's own data about this session."""
-        return self.sync_session.info
-
-    @property
-    def execution_options(self) -> Any:
-        """Session-wide execution options (SQLAlchemy 2.1)."""
-        return self.sync_session.execution_options  # type: ignore[attr-defined, unused-ignore]
-
-    @execution_options.setter
-    def execution_options(self, attr: Any) -> None:
-        self.sync_session.execution_options = attr  # type: ignore[attr-defined, unused-ignore]
-
-    @classmethod
-    def object_session(cls, instance: object) -> Optional[Session]:
-        """The sync Session ``instance`` belongs to."""
-        return Session.object_session(instance)
-
-    @classmethod
-    def identity_key(
-        cls,
-        class_: Optional[Type[Any]] = None,
-        ident: Union[Any, Tuple[Any, ...]] = None,
-        *,
-        instance: Optional[Any] = None,
-        row: Optional[Union[Row[Any], RowMapping]] = None,
-        identity_token: Optional[Any] = None,
-    ) -> _IdentityKeyType[Any]:
-        """An identity key (see ``sqlalchemy.orm.util.identity_key``)."""
-        return Session.identity_key(
-            class_=class_, ident=ident, instance=instance, row=row, identity_token=identity_token
-        )
+    if TYPE_CHECKING:  # for type checkers; the forwards are made below (_session_proxy)
+        __contains__ = typed(Session.__contains__)
+        __iter__ = typed(Session.__iter__)
+        add = typed(Session.add)
+        add_all = typed(Session.add_all)
+        expire = typed(Session.expire)
+        expire_all = typed(Session.expire_all)
+        expunge = typed(Session.expunge)
+        expunge_all = typed(Session.expunge_all)
+        is_modified = typed(Session.is_modified)
+        in_transaction = typed(Session.in_transaction)
+        in_nested_transaction = typed(Session.in_nested_transaction)
+        dirty: IdentitySet
+        deleted: IdentitySet
+        new: IdentitySet
+        identity_map: IdentityMap
+        is_active: bool
+        autoflush: bool
+        no_autoflush: Any
+        info: Dict[Any, Any]
+        execution_options: Any
+        object_session = staticmethod(Session.object_session)
+        identity_key = staticmethod(Session.identity_key)
 
 
-def _execute_buffered(
-    sync_session: Session,
-    statement: Any,
-    params: Any,
-    execution_options: Any,
-    bind_arguments: Any,
-    kw: Dict[str, Any],
-) -> Result[Any]:
-    """Session.execute and fetch everything, on the worker (in chunks: see ``_chunk``)."""
-    with _chunk.prefetching():
-        result = sync_session.execute(
-            statement,
-            params=params,
-            execution_options=execution_options,
-            bind_arguments=bind_arguments,
-            **kw,
-        )
-    return buffer_result(result, "AsyncSession")
+forward(
+    AsyncSession,
+    Session,
+    attrgetter("sync_session"),
+    methods=SESSION_METHODS,
+    attributes=SESSION_ATTRIBUTES,
+    class_methods=SESSION_CLASS_METHODS,
+)
 
 
 _AS = TypeVar("_AS", bound=AsyncSession)

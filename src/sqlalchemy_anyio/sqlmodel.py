@@ -14,7 +14,7 @@ from sqlmodel import Session as _SQLModelSession
 from typing_extensions import deprecated
 
 from ._buffer import buffer_result
-from .session import _EXECUTE_OPTIONS
+from ._session_statements import _EXECUTE_OPTIONS
 from .session import AsyncSession as _AsyncSession
 
 # sqlmodel's own AsyncSession.execute() deprecation, word for word (its

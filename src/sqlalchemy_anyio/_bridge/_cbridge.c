@@ -490,6 +490,7 @@ struct Channel {
     int closed;                     /* under mutex: None was put */
     _Atomic int pending;            /* == len, readable without the mutex */
     _Atomic int64_t spin_ns;        /* the worker's current spin budget */
+    int64_t spin_max;               /* its ceiling (Channel(worker_spin=)) */
     Gate *gate;                     /* NULL: no admission */
     Channel *line_next;             /* under gate mutex */
     _Atomic int admitted;           /* written under gate mutex: holds a place */
@@ -684,6 +685,12 @@ Gate_get_limit(Gate *self, void *Py_UNUSED(closure))
     return PyLong_FromLong(self->limit);
 }
 
+static PyObject *
+Gate_get_expire(Gate *self, void *Py_UNUSED(closure))
+{
+    return PyFloat_FromDouble((double)self->expire_ns / 1e9);
+}
+
 /* In a child made by fork(): the channels in the gate belonged to threads
  * that do not exist here, and the mutex may have been held by one of them.
  * Start afresh: no place taken, nobody in line. */
@@ -707,6 +714,8 @@ static PyMethodDef Gate_methods[] = {
 static PyGetSetDef Gate_getset[] = {
     {"active", (getter)Gate_get_active, NULL, "Channels holding a place now.", NULL},
     {"limit", (getter)Gate_get_limit, NULL, "Places (0: no limit).", NULL},
+    {"expire", (getter)Gate_get_expire, NULL,
+     "Seconds after which a running job gives its place up.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -729,15 +738,27 @@ static PyType_Spec Gate_spec = {
 static PyObject *
 Channel_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"gate", "placed", NULL};
-    PyObject *gate = Py_None;
+    static char *kwlist[] = {"gate", "placed", "worker_spin", NULL};
+    PyObject *gate = Py_None, *worker_spin = Py_None;
     int placed = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|Op:Channel", kwlist, &gate, &placed))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OpO:Channel", kwlist, &gate, &placed,
+                                     &worker_spin))
         return NULL;
     bridge_state *st = state_of(type);
     if (gate != Py_None && Py_TYPE(gate) != st->gate_type) {
         PyErr_SetString(PyExc_TypeError, "Channel(gate) takes a Gate or None");
         return NULL;
+    }
+    int64_t spin_max = worker_spin_max;
+    if (worker_spin != Py_None) {
+        double seconds = PyFloat_AsDouble(worker_spin);
+        if (seconds == -1.0 && PyErr_Occurred())
+            return NULL;
+        if (!(seconds >= 0) || seconds > 1) {
+            PyErr_SetString(PyExc_ValueError, "Channel needs 0 <= worker_spin <= 1 (seconds)");
+            return NULL;
+        }
+        spin_max = (int64_t)(seconds * 1e9);
     }
     Channel *self = (Channel *)type->tp_alloc(type, 0);
     if (self == NULL)
@@ -752,7 +773,8 @@ Channel_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }
     pthread_cond_init(&self->cond, NULL);
     atomic_init(&self->pending, 0);
-    atomic_init(&self->spin_ns, worker_spin_max);
+    self->spin_max = spin_max;
+    atomic_init(&self->spin_ns, spin_max);
     atomic_init(&self->admitted, 0);
     atomic_init(&self->waiting, 0);
     atomic_init(&self->first, 0);
@@ -977,8 +999,8 @@ channel_spin(Channel *self, int64_t *since)
         return 0;
     if (self->gate != NULL && !channel_packed(self))
         channel_await_gate(self, GATE_WAIT_NS);
-    if (budget != worker_spin_max)
-        atomic_store_explicit(&self->spin_ns, worker_spin_max, memory_order_relaxed);
+    if (budget != self->spin_max)
+        atomic_store_explicit(&self->spin_ns, self->spin_max, memory_order_relaxed);
     return 1;
 }
 
@@ -1026,7 +1048,7 @@ channel_wait(Channel *self, int64_t since)
         return;
     int64_t gap = now_ns() - since;
     int64_t budget = atomic_load_explicit(&self->spin_ns, memory_order_relaxed);
-    budget = gap <= worker_spin_max ? worker_spin_max : budget >= 2 * US ? budget / 2 : 0;
+    budget = gap <= self->spin_max ? self->spin_max : budget >= 2 * US ? budget / 2 : 0;
     atomic_store_explicit(&self->spin_ns, budget, memory_order_relaxed);
 }
 
@@ -1181,8 +1203,21 @@ static PyMethodDef Channel_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *
+Channel_get_worker_spin(Channel *self, void *Py_UNUSED(closure))
+{
+    return PyFloat_FromDouble((double)self->spin_max / 1e9);
+}
+
+static PyGetSetDef Channel_getset[] = {
+    {"worker_spin", (getter)Channel_get_worker_spin, NULL,
+     "Longest time (seconds) the worker spins for its next job before parking.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
 static PyType_Slot Channel_slots[] = {
     {Py_tp_doc, "Jobs in order from the loop to one worker thread (None stops it)."},
+    {Py_tp_getset, Channel_getset},
     {Py_tp_new, Channel_new},
     {Py_tp_dealloc, Channel_dealloc},
     {Py_tp_traverse, Channel_traverse},

@@ -54,11 +54,23 @@ def _count(name: str, default: int) -> int:
 
 #: Seconds the loop side may wait, without the GIL and without yielding, for a
 #: call it just handed over, when no other task is ready.  Only the C bridge
-#: can wait without the GIL; the pure-Python one never spins.
+#: can wait without the GIL; the pure-Python one never spins.  The default of
+#: the engine option ``loop_spin=``.
 LOOP_SPIN = _micros("SQLALCHEMY_ANYIO_LOOP_SPIN_US", 500) if ACCELERATED else 0.0
 
+
+def loop_spin(value: Optional[float]) -> float:
+    """The loop spin of an engine's workers: ``value`` (None: the default);
+    0 on the pure-Python bridge."""
+    if not ACCELERATED:
+        return 0.0
+    return LOOP_SPIN if value is None else value
+
+
 #: How many workers may run jobs at once, process-wide (0: no limit), and
-#: after how long a running job stops counting (it is waiting on the server).
+#: after how long a running job stops counting (it is waiting on the server):
+#: the gate of engines that have none of their own (engine options
+#: ``active_workers=`` and ``active_expire=``).
 ACTIVE_WORKERS = _count("SQLALCHEMY_ANYIO_ACTIVE_WORKERS", 0)
 ACTIVE_EXPIRE = _micros("SQLALCHEMY_ANYIO_ACTIVE_EXPIRE_US", 2000)
 if not ACTIVE_EXPIRE:
@@ -76,12 +88,20 @@ GATE = Gate(ACTIVE_WORKERS, ACTIVE_EXPIRE or 0.002)
 SQLITE_ACTIVE_WORKERS = _count("SQLALCHEMY_ANYIO_SQLITE_ACTIVE_WORKERS", 1)
 
 
-def engine_gate(local: bool) -> Optional[Gate]:
-    """The gate for a new engine's workers: its own for a database that runs
-    in this process (SQLite), else None (the process-wide one)."""
-    if local and SQLITE_ACTIVE_WORKERS:
-        return Gate(SQLITE_ACTIVE_WORKERS, ACTIVE_EXPIRE or 0.002)
-    return None
+def engine_gate(
+    local: bool, limit: Optional[int] = None, expire: Optional[float] = None
+) -> Optional[Gate]:
+    """The gate for a new engine's workers: its own of ``limit`` places when
+    given, else its own for a database that runs in this process (SQLite),
+    else None (the process-wide one).  ``expire`` (None: the default) needs
+    a gate of the engine's own: ValueError otherwise."""
+    if limit is None and local and SQLITE_ACTIVE_WORKERS:
+        limit = SQLITE_ACTIVE_WORKERS
+    if limit is None:
+        if expire is not None:
+            raise ValueError("expire applies to a gate of the engine's own")
+        return None
+    return Gate(limit, ACTIVE_EXPIRE if expire is None else expire)
 
 
 @_fork.in_child
@@ -90,10 +110,14 @@ def _reset_after_fork() -> None:
     GATE.reset_after_fork()
 
 
-def new_channel(gate: Optional[Gate] = None, placed: bool = False) -> Channel:
+def new_channel(
+    gate: Optional[Gate] = None, placed: bool = False, worker_spin: Optional[float] = None
+) -> Channel:
     """A channel for one new worker, behind ``gate`` or the process-wide one;
-    a ``placed`` one's worker follows the thread placement (``_placement``)."""
-    return Channel(GATE if gate is None else gate, placed)
+    a ``placed`` one's worker follows the thread placement (``_placement``);
+    its worker spins up to ``worker_spin`` seconds for its next job (None:
+    SQLALCHEMY_ANYIO_WORKER_SPIN_US)."""
+    return Channel(GATE if gate is None else gate, placed, worker_spin)
 
 
 _get_running_loop = asyncio._get_running_loop

@@ -20,6 +20,22 @@ from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Optional
 
 
+def _worker_spin_ns() -> int:
+    raw = os.environ.get("SQLALCHEMY_ANYIO_WORKER_SPIN_US", "")
+    try:
+        us = float(raw) if raw.strip() else 100.0
+    except ValueError:
+        us = -1.0
+    if not 0 <= us <= 1e6:
+        raise ValueError(f"SQLALCHEMY_ANYIO_WORKER_SPIN_US must be 0..1000000, not {raw!r}")
+    return int(us * 1000)
+
+
+#: The default worker spin budget in nanoseconds (SQLALCHEMY_ANYIO_WORKER_SPIN_US),
+#: as the C twin reads it; this bridge's workers never spin (they would hold the GIL).
+WORKER_SPIN_NS = _worker_spin_ns()
+
+
 class Job:
     """A unit of work (or a bare signal when ``fn`` is None) and its outcome."""
 
@@ -211,6 +227,11 @@ class Gate:
         self._line: deque[Channel] = deque()  # waiting for one, in order
 
     @property
+    def expire(self) -> float:
+        """Seconds after which a running job gives its place up."""
+        return int(self._expire * 1e9) / 1e9
+
+    @property
     def active(self) -> int:
         """Channels holding a place now."""
         with self._lock:
@@ -300,11 +321,26 @@ class Channel:
         "_gate",
         "_items",
         "_placed",
+        "_spin_max",
         "_started",
         "_waiting",
     )
 
-    def __init__(self, gate: Optional[Gate] = None, placed: bool = False) -> None:
+    def __init__(
+        self, gate: Optional[Gate] = None, placed: bool = False, worker_spin: Any = None
+    ) -> None:
+        if worker_spin is None:
+            self._spin_max = WORKER_SPIN_NS
+        else:
+            try:  # what float() takes but a string, as the C twin's PyFloat_AsDouble
+                seconds = float(worker_spin) if not isinstance(worker_spin, str) else None
+            except TypeError:
+                seconds = None
+            if seconds is None:
+                raise TypeError(f"must be real number, not {type(worker_spin).__name__}")
+            if not 0 <= seconds <= 1:
+                raise ValueError("Channel needs 0 <= worker_spin <= 1 (seconds)")
+            self._spin_max = int(seconds * 1e9)
         self._placed = placed
         self._items: deque[Optional[Job]] = deque()
         self._cond = threading.Condition(threading.Lock())
@@ -314,6 +350,12 @@ class Channel:
         self._admitted = self._waiting = False
         #: When the running job started (monotonic), None between jobs.
         self._started: Optional[float] = None
+
+    @property
+    def worker_spin(self) -> float:
+        """Longest time (seconds) the worker spins for its next job before parking
+        (kept for the C twin's sake: this bridge's workers never spin)."""
+        return self._spin_max / 1e9
 
     def put(self, job: Optional[Job]) -> None:
         with self._cond:

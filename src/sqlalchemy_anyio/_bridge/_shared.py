@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Optional
+from typing import Any, Optional
 
 from .. import _fork
 from . import _placement
@@ -28,6 +28,10 @@ class SharedWorkerPool:
     cancel_timeout: Optional[float] = None
     #: Whether the worker follows the thread placement (see ``_placement``).
     placement: bool = _placement.placed(_placement.DEFAULT, local=False)
+    #: The engine's admission gate, ``loop_spin`` and ``worker_spin`` (None: defaults).
+    gate: Optional[Any] = None
+    loop_spin: Optional[float] = None
+    worker_spin: Optional[float] = None
 
     def __init__(self) -> None:
         self.limit = 1

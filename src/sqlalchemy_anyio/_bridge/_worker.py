@@ -113,7 +113,11 @@ class Worker:
         #: Whether this worker follows the thread placement (its engine's
         #: ``thread_placement``): then the loops calling it may be packed.
         self.placed = _placement.SUPPORTED and bool(getattr(pool, "placement", False))
-        self._channel = _impl.new_channel(getattr(pool, "gate", None), self.placed)
+        self._channel = _impl.new_channel(
+            getattr(pool, "gate", None), self.placed, getattr(pool, "worker_spin", None)
+        )
+        #: Seconds the loop may spin for a call here (its engine's ``loop_spin``).
+        self._loop_spin = _impl.loop_spin(getattr(pool, "loop_spin", None))
         self._exited = _impl.Job()
         #: Calls left before the loop tries spinning again, and the back-off
         #: after a spin that missed (the calls here take longer than the budget).
@@ -280,13 +284,13 @@ class Worker:
             elif (
                 not in_flight
                 and self.loop_spin
-                and _impl.LOOP_SPIN
+                and self._loop_spin
                 and (loop.packed is None or loop.packed.released)
                 and _impl.loop_is_idle()
             ):
                 # Nothing else of ours is under way and nothing else is ready
                 # to run: wait for this call without going through the loop.
-                if job.spin_wait(_impl.LOOP_SPIN):
+                if job.spin_wait(self._loop_spin):
                     self._spin_backoff = 0
                     await _impl.checkpoint()  # cancellation and fairness as usual
                     call.merge()
@@ -506,6 +510,10 @@ class WorkerPool:
     cancel_timeout: Optional[float] = None
     #: Whether these workers follow the thread placement (see ``_placement``).
     placement: bool = _placement.placed(_placement.DEFAULT, local=False)
+    #: The engine's admission gate, ``loop_spin`` and ``worker_spin`` (None: defaults).
+    gate: Optional[Any] = None
+    loop_spin: Optional[float] = None
+    worker_spin: Optional[float] = None
 
     def __init__(self, limit: int) -> None:
         if limit < 1:
