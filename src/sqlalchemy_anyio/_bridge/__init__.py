@@ -5,11 +5,11 @@ hand-off is done (C accelerator or pure Python, asyncio or trio) stays here.
 """
 
 from ._impl import ACCELERATED, engine_gate
+from ._leasing import WorkerPool
 from ._shared import SharedWorkerPool
 from ._worker import (
     CANCEL_TIMEOUT,
     Worker,
-    WorkerPool,
     bound_seconds,
     current_worker,
     give_back_later,
