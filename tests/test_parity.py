@@ -76,9 +76,17 @@ def test_every_public_signature_matches_the_official_one() -> None:
     pytest.importorskip("greenlet", reason="the official extension needs greenlet")
     import importlib
 
+    from sqlalchemy.orm import state
+
     import sqlalchemy_anyio
 
-    official = importlib.import_module("sqlalchemy.ext.asyncio")
+    # Importing the official module makes its own lookup the one behind
+    # ``inspect(obj).async_session``: put ours back for the tests after this one.
+    provider = getattr(state, "_async_provider", None)
+    try:
+        official = importlib.import_module("sqlalchemy.ext.asyncio")
+    finally:
+        state._async_provider = provider  # type: ignore[attr-defined]
     differences, compared = [], 0
     for name in sqlalchemy_anyio.__all__:
         theirs, ours = getattr(official, name, None), getattr(sqlalchemy_anyio, name)
