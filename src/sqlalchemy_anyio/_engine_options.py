@@ -18,14 +18,29 @@ from ._bridge import _impl, _placement, bound_seconds
 from ._pool import WorkerQueuePool
 
 
-def _number(name: str, value: Any, low: float, high: float, allowed: str, what: str) -> float:
-    """``value`` as a number from ``low`` to ``high``, else ArgumentError
-    saying what ``name`` allows (``allowed``) and what it is for (``what``)."""
+def _number(
+    name: str,
+    value: Any,
+    high: float,
+    allowed: str,
+    what: str,
+    *,
+    whole: bool = False,
+    above_zero: bool = False,
+) -> float:
+    """``value`` as a number from 0 (or above 0) to ``high``, whole if asked,
+    else ArgumentError saying what ``name`` allows (``allowed``) and what it
+    is for (``what``)."""
     try:
-        number = float(value)
+        number = float(value)  # (strings: from a config file)
     except (TypeError, ValueError):
         number = float("nan")
-    if isinstance(value, bool) or not low <= number <= high:  # (strings: from a config file)
+    if (
+        isinstance(value, bool)
+        or not 0 <= number <= high
+        or (whole and number != int(number))
+        or (above_zero and number == 0)
+    ):
         raise exc.ArgumentError(f"{name} must be {allowed}, not {value!r}: {what}")
     return number
 
@@ -101,31 +116,25 @@ class EngineOptions:
             1_000_000,
             "a whole number from 0 to 1000000",
             "how many of this engine's workers run calls at once (0: no limit).",
+            whole=True,
         )
-        if workers is not None and workers != int(workers):
-            raise exc.ArgumentError(
-                f"active_workers must be a whole number from 0 to 1000000, not "
-                f"{kw.get('active_workers', workers)!r}"
-            )
         self.active_workers = None if workers is None else int(workers)
-        expire = self._get(
+        self.active_expire = self._get(
             kw,
             "active_expire",
             1,
             "a number of seconds above 0, at most 1",
             "after how long a running call gives its place up (it is most likely "
             "waiting on the server, the disk or a lock).",
+            above_zero=True,
         )
-        if expire == 0:
-            raise exc.ArgumentError(
-                "active_expire must be a number of seconds above 0, at most 1, not 0"
-            )
-        self.active_expire = expire
 
     @staticmethod
-    def _get(kw: Dict[str, Any], name: str, high: float, allowed: str, what: str) -> Any:
+    def _get(
+        kw: Dict[str, Any], name: str, high: float, allowed: str, what: str, **checks: bool
+    ) -> Any:
         value = kw.pop(name, None)
-        return None if value is None else _number(name, value, 0, high, allowed, what)
+        return None if value is None else _number(name, value, high, allowed, what, **checks)
 
     def apply(self, workers: Any, sync_engine: Engine) -> None:
         """Give an engine's worker source (``_engine_workers.workers_for``) these settings."""
