@@ -77,7 +77,7 @@ if not ACTIVE_EXPIRE:
     raise ValueError("SQLALCHEMY_ANYIO_ACTIVE_EXPIRE_US must be above 0")
 
 #: The process-wide gate every worker's channel goes through.
-GATE = Gate(ACTIVE_WORKERS, ACTIVE_EXPIRE or 0.002)
+GATE = Gate(ACTIVE_WORKERS, ACTIVE_EXPIRE)
 
 #: How many workers of one SQLite engine run jobs at once (0: no limit).
 #: SQLite does its work in this process, not on a server: with one worker
